@@ -13,6 +13,8 @@ import jax  # noqa: E402
 
 jax.config.update(
     "jax_compilation_cache_dir",
-    os.environ.get("FUSE4SEG_JAX_CACHE", os.path.join(os.path.dirname(__file__), "..", ".jax_cache")),
+    os.environ.get(
+        "FUSE4SEG_JAX_CACHE", os.path.join(os.path.dirname(__file__), "..", ".jax_cache")
+    ),
 )
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)

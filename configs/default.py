@@ -1,0 +1,83 @@
+"""Default configuration: every key the trainer reads, with documented defaults.
+
+Other configs import this one and override what differs. Run:
+
+    python -m fuse4seg_jax.train --config configs/default.py --workdir runs/default
+
+Hardware: one GPU or TPU host (it also runs on CPU, slowly). The phantom at
+128x128 with the small networks; about 10k bi-level steps.
+"""
+
+import ml_collections
+
+
+def get_config():
+    config = ml_collections.ConfigDict()
+    config.seed = 0
+
+    config.data = ml_collections.ConfigDict()
+    config.data.name = "phantom"  # built-in synthetic data (fuse4seg_jax/data/phantom.py)
+    config.data.image_size = 128
+    config.data.modalities = ("t1ce", "flair")  # any subset of t1, t1ce, t2, flair (M >= 2)
+    config.data.num_train_cases = 200
+    config.data.num_eval_cases = 40
+    config.data.slices_per_case = 8
+    config.data.augment = True  # flips and 90-degree rotations, labels moved with the image
+    config.data.shuffle_buffer = 4096
+
+    config.model = ml_collections.ConfigDict()
+    config.model.fusion = "fusion_small"  # see fuse4seg_jax/models/__init__.py
+    config.model.segmentation = "unet_small"
+    config.model.seg_mode = "softmax"  # "softmax" (4 classes) or "regions" (WT/TC/ET sigmoids)
+
+    config.loss = ml_collections.ConfigDict()
+    config.loss.sigma = 2.0  # Gaussian low-pass of the frequency decomposition (pixels)
+    config.loss.w_freq = 1.0
+    config.loss.w_grad = 1.0
+    config.loss.w_ssim = 0.0
+    config.loss.w_ce = 1.0
+    config.loss.w_dice = 1.0
+
+    config.bilevel = ml_collections.ConfigDict()
+    config.bilevel.inner = "fusion"  # which network is the inner (follower) variable
+    config.bilevel.method = "unrolled"  # first_order | unrolled | joint
+    config.bilevel.inner_steps = 1
+    config.bilevel.inner_optimizer = "adam"  # differentiable: sgd | adam (eps inside the sqrt)
+    config.bilevel.inner_lr = 1e-3
+    config.bilevel.inner_momentum = 0.0  # sgd only
+    config.bilevel.second_order = (
+        "fwd_rev"  # fwd_rev (fast) | grad (reference jax.grad composition)
+    )
+    config.bilevel.remat = False
+    # inner = "fusion": inner objective L_fuse + mu * L_seg (segmentation shapes the fusion).
+    config.bilevel.mu = 0.1
+    # inner = "segmentation": outer objective L_fuse + beta * L_seg (semantic gradients).
+    config.bilevel.beta = 1.0
+    # How the global batch feeds the two levels: "halves" (first half inner, second half
+    # outer) or "same" (both levels see the whole batch).
+    config.bilevel.batch_split = "halves"
+
+    config.optim = ml_collections.ConfigDict()  # optax optimiser of the outer network
+    config.optim.name = "adam"  # adam | adamw | sgd
+    config.optim.learning_rate = 2e-3
+    config.optim.warmup_steps = 100
+    config.optim.schedule = "cosine"  # cosine | constant
+    config.optim.weight_decay = 0.0
+    config.optim.grad_clip = 1.0  # global-norm clip of the outer gradient; 0 disables
+
+    config.train = ml_collections.ConfigDict()
+    config.train.num_steps = 10_000
+    config.train.batch_size = 16  # global batch, split across devices on the `data` axis
+    config.train.log_every = 50
+    config.train.eval_every = 1000
+    config.train.checkpoint_every = 1000
+    config.train.keep_checkpoints = 2
+    config.train.eval_batch_size = 32
+
+    config.mesh = ml_collections.ConfigDict()
+    # Devices on the `data` axis; 0 means all visible devices.
+    config.mesh.num_devices = 0
+
+    config.report = ml_collections.ConfigDict()
+    config.report.num_figure_cases = 4
+    return config

@@ -1,0 +1,65 @@
+"""Checkpoints: the only module that touches Orbax.
+
+A checkpoint holds the train state (both networks, optimiser states, step,
+RNG) and a small JSON record (the input pipeline position and the config).
+Orbax writes each checkpoint to a temporary folder and renames it when
+complete, so an interrupted save never replaces the last good checkpoint.
+Restoring uses an abstract target carrying the current shardings, so a run
+can resume on a different number of devices.
+"""
+
+import os
+
+import jax
+import orbax.checkpoint as ocp
+
+
+class Checkpointer:
+    """Saves every `every` steps into `<workdir>/checkpoints`, keeping the last `keep`."""
+
+    def __init__(self, workdir: str, *, every: int, keep: int = 2):
+        self.directory = os.path.abspath(os.path.join(workdir, "checkpoints"))
+        self.every = every
+        self._manager = ocp.CheckpointManager(
+            self.directory,
+            options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True),
+        )
+
+    def latest_step(self):
+        return self._manager.latest_step()
+
+    def save(self, step: int, state, meta: dict, *, force: bool = False) -> bool:
+        """Save if `step` is on the cadence (or `force`); returns whether it saved."""
+        if not force and (self.every <= 0 or step % self.every):
+            return False
+        if self._manager.latest_step() == step:
+            return False
+        self._manager.save(
+            step,
+            args=ocp.args.Composite(
+                state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)
+            ),
+            force=True,
+        )
+        return True
+
+    def restore(self, state_like, step=None):
+        """(state, meta) of `step` (default latest), laid out like `state_like`."""
+        step = self._manager.latest_step() if step is None else step
+        abstract = jax.tree.map(
+            lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state_like
+        )
+        restored = self._manager.restore(
+            step,
+            args=ocp.args.Composite(
+                state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()
+            ),
+        )
+        return restored.state, restored.meta
+
+    def wait(self):
+        self._manager.wait_until_finished()
+
+    def close(self):
+        self._manager.wait_until_finished()
+        self._manager.close()

@@ -1,0 +1,83 @@
+"""Figures and end-of-run summaries written to the workdir.
+
+The figure shows, per sampled held-out case (its slice with the most tumour):
+each modality | the fused image | ground truth | prediction, labels overlaid
+in the usual BraTS colours (necrotic core red, oedema green, enhancing
+tumour yellow). Files are written atomically (temp file + rename).
+"""
+
+import json
+import os
+import tempfile
+
+import numpy as np
+
+LABEL_COLOURS = np.array(
+    [[0, 0, 0, 0], [0.9, 0.1, 0.1, 0.6], [0.1, 0.8, 0.2, 0.45], [1.0, 0.9, 0.0, 0.7]]
+)
+
+
+def _atomic_path(path):
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=os.path.splitext(path)[1])
+    os.close(fd)
+    return tmp
+
+
+def write_json(path, obj):
+    tmp = _atomic_path(path)
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=2)
+    os.replace(tmp, path)
+
+
+def pick_slices(labels, case_ids, num_cases: int):
+    """Indices of the slice with the largest tumour area in each of the first cases."""
+    chosen = []
+    for c in np.unique(case_ids)[:num_cases]:
+        idx = np.flatnonzero(case_ids == c)
+        chosen.append(int(idx[np.argmax((labels[idx] > 0).sum(axis=(1, 2)))]))
+    return chosen
+
+
+def save_figure(path, modalities, fused, labels, preds, modality_names, titles=None):
+    """Grid figure: one row per example.
+
+    modalities (N, H, W, M) float in [0,1]; fused (N, H, W) in [0,1];
+    labels and preds (N, H, W) int in 0..3; titles: optional row titles.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    n, m = len(fused), modalities.shape[-1]
+    cols = [*[name.upper() for name in modality_names], "fused", "ground truth", "prediction"]
+    fig, axes = plt.subplots(n, len(cols), figsize=(2.2 * len(cols), 2.3 * n), squeeze=False)
+    for i in range(n):
+        images = [modalities[i, ..., j] for j in range(m)] + [fused[i]] * 3
+        overlays = [None] * (m + 1) + [labels[i], preds[i]]
+        for j, (image, overlay) in enumerate(zip(images, overlays, strict=True)):
+            ax = axes[i, j]
+            ax.imshow(image, cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+            if overlay is not None:
+                ax.imshow(LABEL_COLOURS[np.asarray(overlay)], interpolation="nearest")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if i == 0:
+                ax.set_title(cols[j], fontsize=10)
+        if titles is not None:
+            axes[i, 0].set_ylabel(titles[i], fontsize=8)
+    fig.text(
+        0.5,
+        0.005,
+        "overlay: necrotic core (red), oedema (green), enhancing tumour (yellow)",
+        ha="center",
+        fontsize=9,
+    )
+    fig.tight_layout(rect=(0, 0.02, 1, 1))
+    tmp = _atomic_path(path)
+    fig.savefig(tmp, dpi=110, format="png")
+    plt.close(fig)
+    os.replace(tmp, path)

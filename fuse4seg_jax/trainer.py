@@ -1,0 +1,230 @@
+"""train_and_evaluate(config, workdir): the training loop and its cadence.
+
+Builds the mesh, the data, the state and the compiled steps, then runs the
+loop: log every `train.log_every` steps (progress line, TensorBoard,
+metrics.jsonl), evaluate on held-out cases every `train.eval_every`, save an
+Orbax checkpoint every `train.checkpoint_every`. Rerunning with the same
+workdir resumes from the latest checkpoint (state and input position). At the
+end: Dice per region on the held-out cases (`results.json`) and a figure
+(`figure.png`).
+"""
+
+import json
+import time
+
+import jax
+import numpy as np
+
+from fuse4seg_jax import report, sharding, steps
+from fuse4seg_jax.checkpointing import Checkpointer
+from fuse4seg_jax.config_validation import validate
+from fuse4seg_jax.data import pipeline, sources
+from fuse4seg_jax.metric_writer import MetricWriter
+from fuse4seg_jax.metrics import segmentation as seg_metrics
+from fuse4seg_jax.regions import REGION_NAMES
+
+
+class NonFiniteLossError(FloatingPointError):
+    pass
+
+
+def log(message: str):
+    if jax.process_index() == 0:
+        print(message, flush=True)
+
+
+def _eta(seconds: float) -> str:
+    seconds = int(max(seconds, 0))
+    return f"{seconds // 60}m{seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"
+
+
+def evaluate(p_eval, state, examples, mesh, batch_size: int) -> dict:
+    """Runs the eval step over all examples; returns fused images, predictions, Dice."""
+    preds, fused = [], []
+    for batch, valid in pipeline.eval_batches(
+        examples, batch_size=batch_size, multiple_of=mesh.devices.size
+    ):
+        out = jax.device_get(p_eval(state, sharding.shard_batch(batch, mesh)))
+        preds.append(out["pred"][:valid])
+        fused.append(out["fused"][:valid])
+    preds, fused = np.concatenate(preds), np.concatenate(fused)
+    per_case = seg_metrics.dice_per_case(preds, examples["label"], examples["case_id"])
+    return {
+        "pred": preds,
+        "fused": fused,
+        "per_case": per_case,
+        "dice": seg_metrics.mean_dice(per_case),
+    }
+
+
+def train_and_evaluate(config, workdir: str, *, stop_at: int | None = None) -> dict | None:
+    """Trains, evaluates and reports; returns the final held-out Dice per region.
+
+    stop_at: stop after this step with a checkpoint, as an interrupted run
+    would (no final evaluation; returns None). Rerunning resumes.
+    """
+    mesh = sharding.make_mesh(config.mesh.num_devices)
+    num_devices = mesh.devices.size
+    validate(config, num_devices)
+    log(
+        f"processes: {jax.process_count()} (this is {jax.process_index()}), "
+        f"devices: {num_devices} x {mesh.devices.flat[0].platform} on mesh axis "
+        f"'{sharding.DATA_AXIS}', global batch {config.train.batch_size}"
+    )
+    t0 = time.time()
+    train_examples, eval_examples = sources.load(config.data, config.seed)
+    for part in (train_examples, eval_examples):
+        sources.check_batch(part, len(config.data.modalities))
+    log(
+        f"data: {config.data.name}, {len(train_examples['label'])} training and "
+        f"{len(eval_examples['label'])} held-out slices ({config.data.num_eval_cases} cases), "
+        f"{config.data.image_size}x{config.data.image_size}, modalities "
+        f"{', '.join(config.data.modalities)} ({time.time() - t0:.1f}s)"
+    )
+
+    _, _, outer_tx, inner_opt, train_fn, eval_fn = steps.make_steps(config)
+    fusion_model, seg_model = steps.build_models(config)
+    repl, batch_sh = sharding.replicated(mesh), sharding.batch_sharding(mesh)
+    state = jax.jit(
+        lambda: steps.init_state(config, fusion_model, seg_model, outer_tx, inner_opt),
+        out_shardings=repl,
+    )()
+    n_fuse = sum(x.size for x in jax.tree.leaves(state.fusion.params))
+    n_seg = sum(x.size for x in jax.tree.leaves(state.seg.params))
+    log(
+        f"networks: fusion {config.model.fusion} ({n_fuse:,} params), segmentation "
+        f"{config.model.segmentation} ({n_seg:,} params); bi-level: inner={config.bilevel.inner}, "
+        f"method={config.bilevel.method}, inner_steps={config.bilevel.inner_steps}"
+    )
+
+    ckpt = Checkpointer(
+        workdir, every=config.train.checkpoint_every, keep=config.train.keep_checkpoints
+    )
+    start = 0
+    if ckpt.latest_step() is not None:
+        state, meta = ckpt.restore(state)
+        start = int(state.step)
+        if meta.get("data_position") != start:
+            raise RuntimeError(
+                f"checkpoint {ckpt.latest_step()} in {ckpt.directory} is inconsistent: state step "
+                f"{start}, input position {meta.get('data_position')}"
+            )
+        log(f"resumed from checkpoint at step {start} in {ckpt.directory}")
+    if jax.process_index() == 0:
+        report.write_json(f"{workdir}/config.json", json.loads(config.to_json_best_effort()))
+    writer = MetricWriter(workdir, resume_step=start)
+
+    p_train = jax.jit(
+        train_fn, in_shardings=(repl, batch_sh), out_shardings=(repl, repl), donate_argnums=0
+    )
+    p_eval = jax.jit(eval_fn, in_shardings=(repl, batch_sh), out_shardings=batch_sh)
+    sync_each_step = sharding.needs_sync_every_step(mesh)
+    num_steps = config.train.num_steps
+    batches = pipeline.train_iterator(
+        train_examples,
+        batch_size=config.train.batch_size,
+        seed=config.seed,
+        augment_data=config.data.augment,
+        start_batch=start,
+        shuffle_buffer=config.data.shuffle_buffer,
+        process_index=jax.process_index(),
+        process_count=jax.process_count(),
+    )
+
+    def meta(step):
+        return {"data_position": step, "config": json.loads(config.to_json_best_effort())}
+
+    window, timed, window_start = [], 0, time.time()
+    loop_start, first_step_time = time.time(), None
+    for step in range(start + 1, num_steps + 1):
+        host_batch = next(batches)
+        state, metrics = p_train(state, sharding.shard_batch(host_batch, mesh))
+        if sync_each_step:
+            jax.block_until_ready(metrics)
+        window.append(metrics)
+        if first_step_time is None:  # the first step includes compilation: time it apart
+            jax.block_until_ready(metrics)
+            first_step_time = time.time() - loop_start
+            log(f"compiled and ran the first train step in {first_step_time:.1f}s")
+            window_start = time.time()
+        else:
+            timed += 1
+        if step % config.train.log_every == 0 or step == num_steps:
+            values = jax.device_get(window)
+            means = {k: float(np.mean([v[k] for v in values])) for k in values[0]}
+            bad = [k for k, v in means.items() if not np.isfinite(v)]
+            if bad:
+                raise NonFiniteLossError(
+                    f"non-finite {', '.join(bad)} at step {step}: stopping (last checkpoint: "
+                    f"{ckpt.latest_step()}); try a lower optim.learning_rate or bilevel.inner_lr"
+                )
+            elapsed = time.time() - window_start
+            rate = max(timed, 1) / max(elapsed, 1e-9)
+            writer.write(
+                step, {f"train/{k}": v for k, v in means.items()} | {"train/steps_per_second": rate}
+            )
+            log(
+                f"step {step:>6}/{num_steps} | loss_seg {means['loss_seg']:.4f} "
+                f"loss_fuse {means['loss_fuse']:.4f} | {rate:.2f} steps/s | "
+                f"ETA {_eta((num_steps - step) / rate)}"
+            )
+            window, timed, window_start = [], 0, time.time()
+        if step % config.train.eval_every == 0 and step != num_steps:
+            result = evaluate(p_eval, state, eval_examples, mesh, config.train.eval_batch_size)
+            writer.write(step, {f"eval/dice_{r}": result["dice"][r] for r in REGION_NAMES})
+            log("eval " + " ".join(f"dice_{r} {result['dice'][r]:.3f}" for r in REGION_NAMES))
+        ckpt.save(step, state, meta(step))
+        if stop_at is not None and step >= stop_at:
+            ckpt.save(step, state, meta(step), force=True)
+            ckpt.close()
+            writer.close()
+            log(f"stopped at step {step} as asked; rerun to resume")
+            return None
+
+    ckpt.save(num_steps, state, meta(num_steps), force=True)
+    ckpt.close()
+    result = evaluate(p_eval, state, eval_examples, mesh, config.train.eval_batch_size)
+    dice = result["dice"]
+    writer.write(num_steps, {f"eval/dice_{r}": dice[r] for r in REGION_NAMES})
+    writer.close()
+    if jax.process_index() == 0:
+        _write_final_report(config, workdir, eval_examples, result, time.time() - loop_start)
+    log(
+        f"held-out Dice over {len(result['per_case'])} cases: "
+        + ", ".join(f"{r.upper()} {dice[r]:.3f}" for r in REGION_NAMES)
+        + f"\nwrote {workdir}/results.json, {workdir}/figure.png, {workdir}/metrics.jsonl"
+    )
+    return dice
+
+
+def _write_final_report(config, workdir, examples, result, seconds):
+    chosen = report.pick_slices(
+        examples["label"], examples["case_id"], config.report.num_figure_cases
+    )
+    per_case = result["per_case"]
+    titles = [
+        f"case {int(examples['case_id'][i])} slice {int(examples['slice_index'][i])}\n"
+        + " ".join(
+            f"{r.upper()} {per_case[int(examples['case_id'][i])][r]:.2f}" for r in REGION_NAMES
+        )
+        for i in chosen
+    ]
+    report.save_figure(
+        f"{workdir}/figure.png",
+        examples["modalities"][chosen],
+        result["fused"][chosen],
+        examples["label"][chosen],
+        result["pred"][chosen],
+        config.data.modalities,
+        titles,
+    )
+    report.write_json(
+        f"{workdir}/results.json",
+        {
+            "dice_mean": result["dice"],
+            "dice_per_case": {str(k): v for k, v in per_case.items()},
+            "num_cases": len(per_case),
+            "train_steps": config.train.num_steps,
+            "loop_seconds_this_run": seconds,
+        },
+    )

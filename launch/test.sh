@@ -1,0 +1,7 @@
+#!/usr/bin/env bash
+# Quick start, part 2: set up .venv if needed, lint and format-check with ruff,
+# then run the whole test suite. Extra arguments go to pytest.
+source "$(dirname "${BASH_SOURCE[0]}")/venv.sh"
+"$VENV/bin/ruff" check .
+"$VENV/bin/ruff" format --check .
+exec "$PY" -m pytest -q "$@"

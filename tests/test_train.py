@@ -1,0 +1,150 @@
+"""End-to-end: the trainer on tiny configs (loss falls, resume is exact, outputs written),
+the CLI's config errors, and 8 devices == 1 device for the same global batch."""
+
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from configs import tiny
+from fuse4seg_jax import sharding, steps, trainer
+from fuse4seg_jax.checkpointing import Checkpointer
+from fuse4seg_jax.config_validation import ConfigError
+from fuse4seg_jax.data import sources
+from fuse4seg_jax.metric_writer import read_jsonl
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _tiny(**overrides):
+    config = tiny.get_config()
+    for dotted, value in overrides.items():
+        section, key = dotted.split("__")
+        config[section][key] = value
+    return config
+
+
+def _final_params(workdir, config):
+    """The state saved in workdir's latest checkpoint, restored like a fresh state."""
+    _, _, outer_tx, inner_opt, _, _ = steps.make_steps(config)
+    fusion_model, seg_model = steps.build_models(config)
+    template = steps.init_state(config, fusion_model, seg_model, outer_tx, inner_opt)
+    ckpt = Checkpointer(workdir, every=0)
+    state, meta = ckpt.restore(template)
+    ckpt.close()
+    return state, meta
+
+
+def test_resume_gives_the_same_params_as_a_straight_run(tmp_path):
+    config = _tiny(train__num_steps=4, train__checkpoint_every=0, train__eval_every=100)
+    trainer.train_and_evaluate(config, str(tmp_path / "straight"))
+    assert trainer.train_and_evaluate(config, str(tmp_path / "split"), stop_at=2) is None
+    trainer.train_and_evaluate(config, str(tmp_path / "split"))
+    a, _ = _final_params(str(tmp_path / "straight"), config)
+    b, meta = _final_params(str(tmp_path / "split"), config)
+    assert int(a.step) == int(b.step) == 4 and meta["data_position"] == 4
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
+        np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-6, atol=1e-7)
+    steps_logged = [
+        row["step"]
+        for row in read_jsonl(str(tmp_path / "split" / "metrics.jsonl"))
+        if "train/loss_seg" in row
+    ]
+    assert steps_logged == sorted(set(steps_logged))  # no duplicate rows after the restart
+
+
+@pytest.mark.parametrize("inner", ["fusion", "segmentation"])
+def test_tiny_training_lowers_the_losses_and_writes_outputs(tmp_path, inner):
+    config = _tiny(
+        train__num_steps=40,
+        train__log_every=10,
+        train__eval_every=1000,
+        bilevel__inner=inner,
+        bilevel__method="unrolled",
+    )
+    config.optim.learning_rate = 1e-2
+    config.bilevel.inner_lr = 1e-2
+    dice = trainer.train_and_evaluate(config, str(tmp_path))
+    rows = [r for r in read_jsonl(str(tmp_path / "metrics.jsonl")) if "train/loss_seg" in r]
+    assert rows[-1]["train/loss_seg"] < 0.8 * rows[0]["train/loss_seg"]
+    assert rows[-1]["train/loss_fuse"] < rows[0]["train/loss_fuse"]
+    assert set(dice) == {"wt", "tc", "et"} and all(0.0 <= v <= 1.0 for v in dice.values())
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert results["dice_mean"] == pytest.approx(dice)
+    png = (tmp_path / "figure.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
+    assert list((tmp_path / "tensorboard").iterdir())
+
+
+def test_eight_devices_match_one_device():
+    assert jax.device_count() == 8, "conftest sets 8 fake CPU devices"
+    config = _tiny()
+    config.train.batch_size = 16
+    _, _, outer_tx, inner_opt, train_fn, _ = steps.make_steps(config)
+    fusion_model, seg_model = steps.build_models(config)
+    state = steps.init_state(config, fusion_model, seg_model, outer_tx, inner_opt)
+    examples, _ = sources.load(config.data, config.seed)
+    batch = {k: examples[k][:16] for k in ("modalities", "label", "mask")}
+    results = []
+    for n in (1, 8):
+        mesh = sharding.make_mesh(n)
+        repl = sharding.replicated(mesh)
+        step = jax.jit(
+            train_fn, in_shardings=(repl, sharding.batch_sharding(mesh)), out_shardings=(repl, repl)
+        )
+        new_state, metrics = step(jax.device_put(state, repl), sharding.shard_batch(batch, mesh))
+        results.append(jax.device_get((new_state, metrics)))
+    (s1, m1), (s8, m8) = results
+    for k in m1:
+        np.testing.assert_allclose(m1[k], m8[k], rtol=2e-5, atol=1e-6)
+    for x, y in zip(jax.tree.leaves(s1), jax.tree.leaves(s8), strict=True):
+        np.testing.assert_allclose(x, y, rtol=2e-4, atol=2e-6)
+    changed = [
+        not np.allclose(a, b)
+        for a, b in zip(
+            jax.tree.leaves(state.seg.params), jax.tree.leaves(s8.seg.params), strict=True
+        )
+    ]
+    assert any(changed)  # the step did update the parameters
+
+
+def test_bad_config_values_name_the_key(tmp_path):
+    config = _tiny()
+    config.bilevel.method = "magic"
+    with pytest.raises(ConfigError, match="bilevel.method='magic'"):
+        trainer.train_and_evaluate(config, str(tmp_path))
+    config = _tiny()
+    config.data.modalities = ("t1ce", "pet")
+    with pytest.raises(ConfigError, match="data.modalities"):
+        trainer.train_and_evaluate(config, str(tmp_path))
+    config = _tiny()
+    config.train.batch_size = 12  # 8 devices x 2 halves
+    with pytest.raises(ConfigError, match="train.batch_size=12: must be a multiple of 16"):
+        trainer.train_and_evaluate(config, str(tmp_path))
+
+
+def test_cli_rejects_unknown_override_keys(tmp_path):
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "fuse4seg_jax.train",
+            "--config",
+            "configs/tiny.py",
+            "--workdir",
+            str(tmp_path),
+            "--config.train.nm_steps=3",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode != 0
+    last = proc.stderr.strip().splitlines()[-1]
+    assert "--config.train.nm_steps" in last and "num_steps" in last
+    assert not (tmp_path / "checkpoints").exists()
