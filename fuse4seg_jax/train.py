@@ -21,9 +21,10 @@ def _default_cpu_devices():
 
 _default_cpu_devices()
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")  # silences TensorFlow's start-up notice
 
 import jax  # noqa: E402
-from absl import app, flags  # noqa: E402
+from absl import app, flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
 FLAGS = flags.FLAGS
@@ -36,6 +37,7 @@ flags.mark_flags_as_required(["config", "workdir"])
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    logging.set_verbosity(logging.WARNING)  # Orbax and JAX log every checkpoint at INFO
     if FLAGS.distributed:
         jax.distributed.initialize()
     cache = os.path.expanduser(os.environ.get("FUSE4SEG_JAX_CACHE", "~/.cache/fuse4seg_jax/xla"))

@@ -21,6 +21,7 @@ from fuse4seg_jax.config_validation import validate
 from fuse4seg_jax.data import pipeline, sources
 from fuse4seg_jax.metric_writer import MetricWriter
 from fuse4seg_jax.metrics import segmentation as seg_metrics
+from fuse4seg_jax.metrics import visibility
 from fuse4seg_jax.regions import REGION_NAMES
 
 
@@ -187,8 +188,21 @@ def train_and_evaluate(config, workdir: str, *, stop_at: int | None = None) -> d
     dice = result["dice"]
     writer.write(num_steps, {f"eval/dice_{r}": dice[r] for r in REGION_NAMES})
     writer.close()
+    contrast = visibility.contrast_table(
+        eval_examples["modalities"],
+        result["fused"],
+        eval_examples["label"],
+        eval_examples["mask"],
+        config.data.modalities,
+    )
     if jax.process_index() == 0:
-        _write_final_report(config, workdir, eval_examples, result, time.time() - loop_start)
+        _write_final_report(
+            config, workdir, eval_examples, result, contrast, time.time() - loop_start
+        )
+    log(
+        "tumour-part contrast on held-out slices (contrast-to-noise ratio):\n"
+        + visibility.format_table(contrast)
+    )
     log(
         f"held-out Dice over {len(result['per_case'])} cases: "
         + ", ".join(f"{r.upper()} {dice[r]:.3f}" for r in REGION_NAMES)
@@ -197,7 +211,7 @@ def train_and_evaluate(config, workdir: str, *, stop_at: int | None = None) -> d
     return dice
 
 
-def _write_final_report(config, workdir, examples, result, seconds):
+def _write_final_report(config, workdir, examples, result, contrast, seconds):
     chosen = report.pick_slices(
         examples["label"], examples["case_id"], config.report.num_figure_cases
     )
@@ -224,6 +238,7 @@ def _write_final_report(config, workdir, examples, result, seconds):
             "dice_mean": result["dice"],
             "dice_per_case": {str(k): v for k, v in per_case.items()},
             "num_cases": len(per_case),
+            "part_contrast": contrast,
             "train_steps": config.train.num_steps,
             "loop_seconds_this_run": seconds,
         },
