@@ -99,3 +99,24 @@ def test_eval_batches_pad_to_device_multiple():
 def test_batch_not_divisible_by_processes_is_rejected():
     with pytest.raises(ValueError, match="train.batch_size=5"):
         next(pipeline.train_iterator(_examples(), batch_size=5, seed=0, process_count=2))
+
+
+def test_random_crops_keep_alignment_and_size():
+    ex = _examples(n=8, size=12)
+    for batch in _take(pipeline.train_iterator(ex, batch_size=4, seed=5, crop_size=8), 6):
+        assert batch["modalities"].shape == (4, 8, 8, 2)
+        np.testing.assert_allclose(batch["modalities"][..., 0], batch["label"] / 3.0, atol=1e-6)
+    plain = next(pipeline.train_iterator(ex, batch_size=4, seed=5, crop_size=8, augment_data=False))
+    assert plain["label"].shape == (4, 8, 8)
+
+
+def test_intensity_jitter_stays_in_range_and_inside_the_brain():
+    ex = _examples(n=8)
+    kw = dict(batch_size=4, seed=6, intensity_scale=0.2, intensity_shift=0.2)
+    for batch in _take(pipeline.train_iterator(ex, **kw), 4):
+        mods, brain = batch["modalities"], batch["mask"] > 0
+        assert mods.min() >= 0.0 and mods.max() <= 1.0
+        # outside the brain (label 0 here) the images are untouched: label / 3 == 0
+        assert np.all(mods[..., 0][~brain] == 0.0)
+        inside = mods[..., 0][brain] - batch["label"][brain] / 3.0
+        assert np.abs(inside).max() > 1e-3  # the jitter did change the brain

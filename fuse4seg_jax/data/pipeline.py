@@ -22,20 +22,33 @@ import tensorflow as tf  # noqa: E402
 
 # JAX owns the accelerators; TensorFlow only runs the host pipeline.
 tf.config.set_visible_devices([], "GPU")
-tf.config.set_visible_devices([], "TPU") if tf.config.list_physical_devices("TPU") else None
 
 TRAIN_KEYS = ("modalities", "label", "mask")
 
 
-def augment(example, seed):
-    """Random flips and 90-degree rotations, the same for images and labels.
+def augment(example, seed, *, crop_size=None, intensity_scale=0.0, intensity_shift=0.0):
+    """Random crop, flips, 90-degree rotations and per-modality intensity jitter.
 
-    example: modalities (H, W, M) float32, label (H, W) int32, mask (H, W) float32.
-    seed: int64 tensor of shape (2,) for the stateless random ops. Rotations need
-    H == W (they are square here).
+    example: modalities (H, W, M) float32 in [0, 1], label (H, W) int32, mask (H, W)
+    float32. seed: int64 tensor (2,) for the stateless random ops, so the result
+    depends only on the seed. Geometry moves images, label and mask together;
+    the intensity jitter (x * (1 + U(-scale, scale)) + U(-shift, shift) per
+    modality, clipped to [0, 1]) acts inside the brain mask only.
+    crop_size: output side length (None keeps the size; the crop must be square
+    for the rotations).
     """
-    u = tf.random.stateless_uniform((3,), seed=seed)
-    k = tf.cast(tf.random.stateless_uniform((), seed=seed + 7, maxval=4, dtype=tf.int32), tf.int32)
+    seeds = tf.random.experimental.stateless_split(seed, 5)
+    if crop_size is not None:
+        shape = tf.shape(example["label"])
+        top = tf.random.stateless_uniform(
+            (), seeds[0], maxval=shape[0] - crop_size + 1, dtype=tf.int32
+        )
+        left = tf.random.stateless_uniform(
+            (), seeds[1], maxval=shape[1] - crop_size + 1, dtype=tf.int32
+        )
+        example = {k: v[top : top + crop_size, left : left + crop_size] for k, v in example.items()}
+    u = tf.random.stateless_uniform((2,), seeds[2])
+    k = tf.random.stateless_uniform((), seeds[3], maxval=4, dtype=tf.int32)
 
     def move(x):
         expanded = x if x.shape.rank == 3 else x[..., None]
@@ -44,7 +57,20 @@ def augment(example, seed):
         expanded = tf.image.rot90(expanded, k)
         return expanded if x.shape.rank == 3 else expanded[..., 0]
 
-    return {key: move(value) for key, value in example.items()}
+    out = {key: move(value) for key, value in example.items()}
+    if intensity_scale or intensity_shift:
+        m = out["modalities"].shape[-1]
+        jitter = tf.random.stateless_uniform((2, m), seeds[4], minval=-1.0, maxval=1.0)
+        mods = out["modalities"] * (1.0 + intensity_scale * jitter[0]) + intensity_shift * jitter[1]
+        brain = out["mask"][..., None] > 0
+        out["modalities"] = tf.where(brain, tf.clip_by_value(mods, 0.0, 1.0), out["modalities"])
+    return out
+
+
+def _centre_crop(example, size):
+    shape = tf.shape(example["label"])
+    top, left = (shape[0] - size) // 2, (shape[1] - size) // 2
+    return {k: v[top : top + size, left : left + size] for k, v in example.items()}
 
 
 def train_iterator(
@@ -57,6 +83,9 @@ def train_iterator(
     shuffle_buffer: int = 4096,
     process_index: int = 0,
     process_count: int = 1,
+    crop_size: int | None = None,
+    intensity_scale: float = 0.0,
+    intensity_shift: float = 0.0,
 ):
     """Endless iterator of this process's training batches (numpy dicts).
 
@@ -64,6 +93,8 @@ def train_iterator(
       TRAIN_KEYS are used.
     batch_size: the GLOBAL batch size; each process yields batch_size // process_count rows.
     start_batch: batches already consumed (resume position).
+    crop_size: crop examples to this size (random when augmenting, else central);
+      None or the full size keeps them whole.
     """
     if batch_size % process_count:
         raise ValueError(
@@ -73,28 +104,39 @@ def train_iterator(
     n = len(arrays["label"])
     if n < local_batch * process_count:
         raise ValueError(f"only {n} training examples for a global batch of {batch_size}")
+    height, width = arrays["label"].shape[1:3]
+    if crop_size is not None and (crop_size > min(height, width)):
+        raise ValueError(f"data.image_size={crop_size} is larger than the {height}x{width} images")
+    if crop_size == height == width:
+        crop_size = None
     ds = tf.data.Dataset.from_tensor_slices({k: arrays[k] for k in TRAIN_KEYS})
     ds = ds.shard(process_count, process_index)
     ds = ds.shuffle(min(shuffle_buffer, n), seed=seed, reshuffle_each_iteration=True)
-    ds = ds.repeat().batch(local_batch, drop_remainder=True)
-    ds = ds.enumerate().skip(start_batch)
+    ds = ds.repeat().enumerate().skip(start_batch * local_batch)
     if augment_data:
 
-        def augment_batch(index, batch):
-            base = tf.stack([tf.constant(seed, tf.int64), index * 1_000_003])
-            seeds = base[None, :] + tf.stack(
-                [tf.zeros(local_batch, tf.int64), tf.range(local_batch, dtype=tf.int64)], axis=1
-            )
-            return tf.map_fn(
-                lambda args: augment(args[0], args[1]),
-                (batch, seeds),
-                fn_output_signature={k: batch[k].dtype for k in batch},
+        def fn(index, example):
+            example_seed = tf.stack([tf.constant(seed, tf.int64), index])
+            return augment(
+                example,
+                example_seed,
+                crop_size=crop_size,
+                intensity_scale=intensity_scale,
+                intensity_shift=intensity_shift,
             )
 
-        ds = ds.map(augment_batch, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    elif crop_size is not None:
+
+        def fn(index, example):
+            return _centre_crop(example, crop_size)
+
     else:
-        ds = ds.map(lambda index, batch: batch)
-    ds = ds.prefetch(2)
+
+        def fn(index, example):
+            return example
+
+    ds = ds.map(fn, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    ds = ds.batch(local_batch, drop_remainder=True).prefetch(2)
     yield from ds.as_numpy_iterator()
 
 
