@@ -22,8 +22,20 @@ def get_config():
     config.data.num_train_cases = 200
     config.data.num_eval_cases = 40
     config.data.slices_per_case = 8
-    config.data.augment = True  # flips and 90-degree rotations, labels moved with the image
+    config.data.augment = True  # flips, 90-degree rotations, random crops to image_size
+    # Per-modality intensity jitter inside the brain: x * (1 + U(-s, s)) + U(-t, t).
+    config.data.intensity_scale = 0.0
+    config.data.intensity_shift = 0.0
     config.data.shuffle_buffer = 4096
+    # Real data (data.name = "brats_fuse"): the BraTS folder of case folders (manual dir),
+    # where the built TFDS dataset goes, and the BraTS-Fuse protocol (data/tfds_brats_fuse.py).
+    config.data.manual_dir = ""
+    config.data.tfds_dir = "~/.cache/fuse4seg_jax/tfds"
+    config.data.min_tumour_area = 100
+    config.data.max_pairs = 2040
+    config.data.split_seed = 0
+    config.data.skip_bad_cases = False
+    config.data.eval_split = "validation"
 
     config.model = ml_collections.ConfigDict()
     config.model.fusion = "fusion_small"  # see fuse4seg_jax/models/__init__.py

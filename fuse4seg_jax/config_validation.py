@@ -16,6 +16,17 @@ def validate(config, num_devices: int):
             raise ConfigError(f"{key}={config_value(config, key)!r}: {problem}")
 
     need(config.data.name in sources.DATASETS, "data.name", f"expected one of {sources.DATASETS}")
+    if config.data.name == "brats_fuse":
+        need(
+            bool(config.data.manual_dir),
+            "data.manual_dir",
+            "brats_fuse needs the BraTS folder of case folders",
+        )
+    need(
+        config.data.eval_split in ("validation", "test"),
+        "data.eval_split",
+        "expected 'validation' or 'test'",
+    )
     mods = tuple(config.data.modalities)
     need(len(mods) >= 2, "data.modalities", "image-level fusion needs at least two modalities")
     need(

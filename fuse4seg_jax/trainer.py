@@ -78,7 +78,8 @@ def train_and_evaluate(config, workdir: str, *, stop_at: int | None = None) -> d
         sources.check_batch(part, len(config.data.modalities))
     log(
         f"data: {config.data.name}, {len(train_examples['label'])} training and "
-        f"{len(eval_examples['label'])} held-out slices ({config.data.num_eval_cases} cases), "
+        f"{len(eval_examples['label'])} held-out slices "
+        f"({len(np.unique(eval_examples['case_id']))} cases), "
         f"{config.data.image_size}x{config.data.image_size}, modalities "
         f"{', '.join(config.data.modalities)} ({time.time() - t0:.1f}s)"
     )
@@ -130,6 +131,9 @@ def train_and_evaluate(config, workdir: str, *, stop_at: int | None = None) -> d
         shuffle_buffer=config.data.shuffle_buffer,
         process_index=jax.process_index(),
         process_count=jax.process_count(),
+        crop_size=config.data.image_size,
+        intensity_scale=config.data.intensity_scale,
+        intensity_shift=config.data.intensity_shift,
     )
 
     def meta(step):
@@ -217,9 +221,9 @@ def _write_final_report(config, workdir, examples, result, contrast, seconds):
     )
     per_case = result["per_case"]
     titles = [
-        f"case {int(examples['case_id'][i])} slice {int(examples['slice_index'][i])}\n"
+        f"case {examples['case_id'][i]} slice {int(examples['slice_index'][i])}\n"
         + " ".join(
-            f"{r.upper()} {per_case[int(examples['case_id'][i])][r]:.2f}" for r in REGION_NAMES
+            f"{r.upper()} {per_case[examples['case_id'][i].item()][r]:.2f}" for r in REGION_NAMES
         )
         for i in chosen
     ]

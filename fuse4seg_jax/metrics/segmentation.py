@@ -30,10 +30,12 @@ def dice_per_region(pred_labels: np.ndarray, true_labels: np.ndarray) -> dict:
 
 
 def dice_per_case(pred_labels, true_labels, case_ids) -> dict:
-    """Dice per region for each case, its slices stacked: {case_id: {"wt": ..}}."""
+    """Dice per region for each case, its slices stacked: {case_id: {"wt": ..}}.
+
+    Keys are the case ids as Python values (int or str)."""
     case_ids = np.asarray(case_ids)
     return {
-        int(c): dice_per_region(pred_labels[case_ids == c], true_labels[case_ids == c])
+        c.item(): dice_per_region(pred_labels[case_ids == c], true_labels[case_ids == c])
         for c in np.unique(case_ids)
     }
 
