@@ -36,10 +36,11 @@ def get_config():
     config.data.split_seed = 0
     config.data.skip_bad_cases = False
     config.data.eval_split = "validation"
+    config.data.harvard_set = "MRI_PET"  # harvard_mif: MRI_CT | MRI_PET | MRI_SPECT
 
     config.model = ml_collections.ConfigDict()
     config.model.fusion = "fusion_small"  # see fuse4seg_jax/models/__init__.py
-    config.model.segmentation = "unet_small"
+    config.model.segmentation = "unet_small"  # "none" switches the segmentation side off
     config.model.seg_mode = "softmax"  # "softmax" (4 classes) or "regions" (WT/TC/ET sigmoids)
 
     config.loss = ml_collections.ConfigDict()

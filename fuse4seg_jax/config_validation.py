@@ -28,12 +28,31 @@ def validate(config, num_devices: int):
         "expected 'validation' or 'test'",
     )
     mods = tuple(config.data.modalities)
-    need(len(mods) >= 2, "data.modalities", "image-level fusion needs at least two modalities")
-    need(
-        all(m in MODALITY_NAMES for m in mods) and len(set(mods)) == len(mods),
-        "data.modalities",
-        f"expected distinct names from {MODALITY_NAMES}",
-    )
+    if config.data.name == "harvard_mif":
+        sets = {"MRI_CT": ("mri", "ct"), "MRI_PET": ("mri", "pet"), "MRI_SPECT": ("mri", "spect")}
+        need(config.data.harvard_set in sets, "data.harvard_set", f"expected one of {list(sets)}")
+        need(
+            mods == sets[config.data.harvard_set],
+            "data.modalities",
+            f"must be {sets[config.data.harvard_set]} for {config.data.harvard_set}",
+        )
+        need(
+            bool(config.data.manual_dir),
+            "data.manual_dir",
+            "harvard_mif needs the folder holding MRI_CT/, MRI_PET/, MRI_SPECT/",
+        )
+        need(
+            config.model.segmentation == "none",
+            "model.segmentation",
+            "harvard_mif has no labels: set it to 'none' (fusion only)",
+        )
+    else:
+        need(len(mods) >= 2, "data.modalities", "image-level fusion needs at least two modalities")
+        need(
+            all(m in MODALITY_NAMES for m in mods) and len(set(mods)) == len(mods),
+            "data.modalities",
+            f"expected distinct names from {MODALITY_NAMES}",
+        )
     need(config.data.image_size >= 16, "data.image_size", "must be at least 16")
     need(
         config.bilevel.inner in objectives.ORIENTATIONS,
@@ -61,7 +80,8 @@ def validate(config, num_devices: int):
         "model.seg_mode",
         "expected 'softmax' or 'regions'",
     )
-    rows = 2 * num_devices if config.bilevel.batch_split == "halves" else num_devices
+    halves = config.bilevel.batch_split == "halves" and config.model.segmentation != "none"
+    rows = 2 * num_devices if halves else num_devices
     need(
         config.train.batch_size % rows == 0,
         "train.batch_size",

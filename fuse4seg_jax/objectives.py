@@ -34,6 +34,30 @@ class Objectives(NamedTuple):
     outer_loss: object
     fuse: object  # (fusion_params, batch) -> fused (B, H, W, 1) float32 in [0, 1]
     segment: object  # (seg_params, fused) -> logits (B, H, W, C) float32
+    fusion_loss: object  # (fused, batch) -> (L_fuse, parts)
+
+
+def _fusion_loss_fn(loss_config):
+    def fusion_loss(fused, batch):
+        return losses.fusion_loss(
+            fused,
+            batch["modalities"],
+            sigma=loss_config.sigma,
+            w_freq=loss_config.w_freq,
+            w_grad=loss_config.w_grad,
+            w_ssim=loss_config.w_ssim,
+        )
+
+    return fusion_loss
+
+
+def build_fusion_only(fusion_model, loss_config) -> Objectives:
+    """Objectives with the segmentation side switched off (model.segmentation = "none")."""
+
+    def fuse(theta, batch):
+        return fusion_model.apply({"params": theta}, batch["modalities"]).astype(jnp.float32)
+
+    return Objectives(None, None, fuse, None, _fusion_loss_fn(loss_config))
 
 
 def build(fusion_model, seg_model, loss_config, bilevel_config, seg_mode="softmax") -> Objectives:
@@ -52,16 +76,11 @@ def build(fusion_model, seg_model, loss_config, bilevel_config, seg_mode="softma
     def segment(phi, fused):
         return seg_model.apply({"params": phi}, fused).astype(jnp.float32)
 
+    fusion_loss = _fusion_loss_fn(loss_config)
+
     def fusion_terms(theta, batch):
         fused = fuse(theta, batch)
-        l_fuse, parts = losses.fusion_loss(
-            fused,
-            batch["modalities"],
-            sigma=loss_config.sigma,
-            w_freq=loss_config.w_freq,
-            w_grad=loss_config.w_grad,
-            w_ssim=loss_config.w_ssim,
-        )
+        l_fuse, parts = fusion_loss(fused, batch)
         return fused, l_fuse, parts
 
     def seg_terms(phi, fused, batch):
@@ -103,4 +122,4 @@ def build(fusion_model, seg_model, loss_config, bilevel_config, seg_mode="softma
             l_fuse, l_seg, aux = both(theta, phi, batch)
             return l_fuse + beta * l_seg, aux
 
-    return Objectives(inner_loss, outer_loss, fuse, segment)
+    return Objectives(inner_loss, outer_loss, fuse, segment, fusion_loss)

@@ -84,3 +84,40 @@ def save_figure(path, modalities, fused, labels, preds, modality_names, titles=N
     fig.savefig(tmp, dpi=110, format="png")
     plt.close(fig)
     os.replace(tmp, path)
+
+
+def save_fusion_figure(path, modalities, fused, modality_names, chroma=None, titles=None):
+    """Grid for fusion-only data: each source | fused (| fused in colour when `chroma`).
+
+    modalities (N, H, W, M) in [0,1]; fused (N, H, W) in [0,1]; chroma (N, H, W, 2)
+    Cb/Cr of the colour source (harvard.colourise rebuilds RGB from the fused luma).
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from fuse4seg_jax.data import harvard
+
+    n, m = len(fused), modalities.shape[-1]
+    cols = [*[name.upper() for name in modality_names], "fused"]
+    cols += ["fused (colour)"] if chroma is not None else []
+    fig, axes = plt.subplots(n, len(cols), figsize=(2.4 * len(cols), 2.5 * n), squeeze=False)
+    for i in range(n):
+        images = [modalities[i, ..., j] for j in range(m)] + [fused[i]]
+        if chroma is not None:
+            images.append(harvard.colourise(fused[i], chroma[i]))
+        for j, image in enumerate(images):
+            ax = axes[i, j]
+            ax.imshow(image, cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if i == 0:
+                ax.set_title(cols[j], fontsize=10)
+        if titles is not None:
+            axes[i, 0].set_ylabel(titles[i], fontsize=8)
+    fig.tight_layout()
+    tmp = _atomic_path(path)
+    fig.savefig(tmp, dpi=110, format="png")
+    plt.close(fig)
+    os.replace(tmp, path)

@@ -24,9 +24,17 @@ from fuse4seg_jax.state import NetState, TrainState
 BATCH_SPLITS = ("halves", "same")
 
 
+def fusion_only(config) -> bool:
+    """`model.segmentation = "none"` switches the segmentation side off (e.g. Harvard pairs,
+    which have no labels): the fusion network alone is trained on L_fuse."""
+    return config.model.segmentation == "none"
+
+
 def build_models(config):
-    """(fusion_model, seg_model) named in config.model."""
+    """(fusion_model, seg_model) named in config.model; seg_model is None when fusion-only."""
     fusion = get_fusion_model(config.model.fusion)
+    if fusion_only(config):
+        return fusion, None
     num_out = 4 if config.model.seg_mode == "softmax" else 3
     seg = get_segmentation_model(config.model.segmentation, num_classes=num_out)
     return fusion, seg
@@ -73,6 +81,13 @@ def init_state(config, fusion_model, seg_model, outer_tx, inner_opt) -> TrainSta
     size = config.data.image_size
     x = jnp.zeros((1, size, size, len(config.data.modalities)), jnp.float32)
     theta = fusion_model.init(k_fuse, x)["params"]
+    if seg_model is None:  # fusion-only: the fusion network is trained by optax
+        return TrainState(
+            step=jnp.zeros((), jnp.int32),
+            rng=k_state,
+            fusion=NetState(theta, outer_tx.init(theta)),
+            seg=NetState({}, ()),
+        )
     phi = seg_model.init(k_seg, jnp.zeros((1, size, size, 1), jnp.float32))["params"]
     if config.bilevel.inner == "fusion":
         fusion_net = NetState(theta, inner_opt.init(theta))
@@ -137,9 +152,38 @@ def eval_step(state: TrainState, batch: dict, *, objs, seg_mode: str):
     return {"fused": fused[..., 0], "pred": regions.logits_to_labels(logits, seg_mode)}
 
 
+def fusion_train_step(state: TrainState, batch: dict, *, objs, outer_tx):
+    """Fusion-only step: optax on grad L_fuse(theta); the segmentation side is absent."""
+
+    def loss(theta):
+        fused = objs.fuse(theta, batch)
+        return objs.fusion_loss(fused, batch)
+
+    (l_fuse, parts), grads = jax.value_and_grad(loss, has_aux=True)(state.fusion.params)
+    updates, opt_state = outer_tx.update(grads, state.fusion.opt_state, state.fusion.params)
+    fusion = NetState(optax.apply_updates(state.fusion.params, updates), opt_state)
+    metrics = {"loss_fuse": l_fuse, "grad_norm": optax.tree.norm(grads), **parts}
+    return state.replace(fusion=fusion, step=state.step + 1), metrics
+
+
+def fusion_eval_step(state: TrainState, batch: dict, *, objs):
+    """Fused images (B,H,W) and the per-example fusion loss (B,) of an eval batch."""
+    fused = objs.fuse(state.fusion.params, batch)
+    per_example = jax.vmap(lambda f, m: objs.fusion_loss(f[None], {"modalities": m[None]})[0])(
+        fused, batch["modalities"]
+    )
+    return {"fused": fused[..., 0], "loss_fuse": per_example}
+
+
 def make_steps(config):
     """(models, objectives, outer_tx, inner_opt, train_step, eval_step) bound to `config`."""
     fusion_model, seg_model = build_models(config)
+    if seg_model is None:
+        objs = objectives.build_fusion_only(fusion_model, config.loss)
+        outer_tx = make_outer_optimizer(config.optim, config.train.num_steps)
+        train = functools.partial(fusion_train_step, objs=objs, outer_tx=outer_tx)
+        evaluate = functools.partial(fusion_eval_step, objs=objs)
+        return (fusion_model, None), objs, outer_tx, None, train, evaluate
     objs = objectives.build(
         fusion_model, seg_model, config.loss, config.bilevel, config.model.seg_mode
     )

@@ -40,22 +40,24 @@ def _eta(seconds: float) -> str:
 
 
 def evaluate(p_eval, state, examples, mesh, batch_size: int) -> dict:
-    """Runs the eval step over all examples; returns fused images, predictions, Dice."""
-    preds, fused = [], []
+    """Runs the eval step over all examples; returns its outputs (padding dropped) and
+    `scores`: mean Dice per region, or with the segmentation side off the mean fusion loss."""
+    outputs = []
     for batch, valid in pipeline.eval_batches(
         examples, batch_size=batch_size, multiple_of=mesh.devices.size
     ):
         out = jax.device_get(p_eval(state, sharding.shard_batch(batch, mesh)))
-        preds.append(out["pred"][:valid])
-        fused.append(out["fused"][:valid])
-    preds, fused = np.concatenate(preds), np.concatenate(fused)
-    per_case = seg_metrics.dice_per_case(preds, examples["label"], examples["case_id"])
-    return {
-        "pred": preds,
-        "fused": fused,
-        "per_case": per_case,
-        "dice": seg_metrics.mean_dice(per_case),
-    }
+        outputs.append({k: v[:valid] for k, v in out.items()})
+    result = {k: np.concatenate([o[k] for o in outputs]) for k in outputs[0]}
+    if "pred" in result:
+        result["per_case"] = seg_metrics.dice_per_case(
+            result["pred"], examples["label"], examples["case_id"]
+        )
+        dice = seg_metrics.mean_dice(result["per_case"])
+        result["scores"] = {f"dice_{r}": dice[r] for r in REGION_NAMES}
+    else:
+        result["scores"] = {"loss_fuse": float(np.mean(result["loss_fuse"]))}
+    return result
 
 
 def train_and_evaluate(config, workdir: str, *, stop_at: int | None = None) -> dict | None:
@@ -92,7 +94,7 @@ def train_and_evaluate(config, workdir: str, *, stop_at: int | None = None) -> d
         out_shardings=repl,
     )()
     n_fuse = sum(x.size for x in jax.tree.leaves(state.fusion.params))
-    n_seg = sum(x.size for x in jax.tree.leaves(state.seg.params))
+    n_seg = sum(x.size for x in jax.tree.leaves(state.seg.params))  # 0 when fusion-only
     log(
         f"networks: fusion {config.model.fusion} ({n_fuse:,} params), segmentation "
         f"{config.model.segmentation} ({n_seg:,} params); bi-level: inner={config.bilevel.inner}, "
@@ -168,16 +170,20 @@ def train_and_evaluate(config, workdir: str, *, stop_at: int | None = None) -> d
             writer.write(
                 step, {f"train/{k}": v for k, v in means.items()} | {"train/steps_per_second": rate}
             )
+            losses = " ".join(
+                f"{k} {means[k]:.4f}" for k in ("loss_seg", "loss_fuse") if k in means
+            )
             log(
-                f"step {step:>6}/{num_steps} | loss_seg {means['loss_seg']:.4f} "
-                f"loss_fuse {means['loss_fuse']:.4f} | {rate:.2f} steps/s | "
+                f"step {step:>6}/{num_steps} | {losses} | {rate:.2f} steps/s | "
                 f"ETA {_eta((num_steps - step) / rate)}"
             )
             window, timed, window_start = [], 0, time.time()
         if step % config.train.eval_every == 0 and step != num_steps:
-            result = evaluate(p_eval, state, eval_examples, mesh, config.train.eval_batch_size)
-            writer.write(step, {f"eval/dice_{r}": result["dice"][r] for r in REGION_NAMES})
-            log("eval " + " ".join(f"dice_{r} {result['dice'][r]:.3f}" for r in REGION_NAMES))
+            scores = evaluate(p_eval, state, eval_examples, mesh, config.train.eval_batch_size)[
+                "scores"
+            ]
+            writer.write(step, {f"eval/{k}": v for k, v in scores.items()})
+            log("eval " + " ".join(f"{k} {v:.4f}" for k, v in scores.items()))
         ckpt.save(step, state, meta(step))
         if stop_at is not None and step >= stop_at:
             ckpt.save(step, state, meta(step), force=True)
@@ -189,9 +195,13 @@ def train_and_evaluate(config, workdir: str, *, stop_at: int | None = None) -> d
     ckpt.save(num_steps, state, meta(num_steps), force=True)
     ckpt.close()
     result = evaluate(p_eval, state, eval_examples, mesh, config.train.eval_batch_size)
-    dice = result["dice"]
-    writer.write(num_steps, {f"eval/dice_{r}": dice[r] for r in REGION_NAMES})
+    writer.write(num_steps, {f"eval/{k}": v for k, v in result["scores"].items()})
     writer.close()
+    seconds = time.time() - loop_start
+    if "pred" not in result:
+        return _finish_fusion_only(config, workdir, eval_examples, result, seconds)
+    dice = {r: result["scores"][f"dice_{r}"] for r in REGION_NAMES}
+    result["dice"] = dice
     contrast = visibility.contrast_table(
         eval_examples["modalities"],
         result["fused"],
@@ -200,9 +210,7 @@ def train_and_evaluate(config, workdir: str, *, stop_at: int | None = None) -> d
         config.data.modalities,
     )
     if jax.process_index() == 0:
-        _write_final_report(
-            config, workdir, eval_examples, result, contrast, time.time() - loop_start
-        )
+        _write_final_report(config, workdir, eval_examples, result, contrast, seconds)
     log(
         "tumour-part contrast on held-out slices (contrast-to-noise ratio):\n"
         + visibility.format_table(contrast)
@@ -213,6 +221,35 @@ def train_and_evaluate(config, workdir: str, *, stop_at: int | None = None) -> d
         + f"\nwrote {workdir}/results.json, {workdir}/figure.png, {workdir}/metrics.jsonl"
     )
     return dice
+
+
+def _finish_fusion_only(config, workdir, examples, result, seconds):
+    """Fusion-only runs: mean held-out fusion loss and a figure of sources and fused images."""
+    scores = result["scores"]
+    if jax.process_index() == 0:
+        chosen = list(range(min(config.report.num_figure_cases, len(result["fused"]))))
+        report.save_fusion_figure(
+            f"{workdir}/figure.png",
+            examples["modalities"][chosen],
+            result["fused"][chosen],
+            config.data.modalities,
+            chroma=examples["chroma"][chosen] if "chroma" in examples else None,
+            titles=[f"pair {examples['case_id'][i]}" for i in chosen],
+        )
+        report.write_json(
+            f"{workdir}/results.json",
+            {
+                "eval": scores,
+                "num_pairs": len(result["fused"]),
+                "train_steps": config.train.num_steps,
+                "loop_seconds_this_run": seconds,
+            },
+        )
+    log(
+        f"held-out fusion loss over {len(result['fused'])} pairs: {scores['loss_fuse']:.4f}\n"
+        f"wrote {workdir}/results.json, {workdir}/figure.png, {workdir}/metrics.jsonl"
+    )
+    return scores
 
 
 def _write_final_report(config, workdir, examples, result, contrast, seconds):

@@ -1,43 +1,42 @@
 """Where training and evaluation examples come from, by `config.data.name`.
 
-Returns in-memory numpy dicts in the batch convention of METHOD.md section 2;
-the tf.data pipeline (pipeline.py) takes it from there.
-- "phantom": the built-in synthetic data, generated on the fly.
-- "brats_fuse": the BraTS-Fuse TFDS dataset, built on first use from the BraTS
-  folder `data.manual_dir` (data/tfds_brats_fuse.py), slices centre-cropped to
-  `data.image_size`.
+Both datasets are TFDS datasets, built on first use into `data.tfds_dir` and
+read back into in-memory numpy dicts in the batch convention of METHOD.md
+section 2; the tf.data pipeline (pipeline.py) takes it from there.
+- "phantom": the built-in synthetic data (data/tfds_phantom.py), generated.
+- "harvard_mif": Harvard atlas pairs of set `data.harvard_set` from the folder
+  `data.manual_dir` (data/tfds_harvard.py); no labels (fusion only). Pairs are
+  split by a seeded permutation (`data.split_seed`): a fifth held out.
+- "brats_fuse": BraTS-Fuse (data/tfds_brats_fuse.py), built from the BraTS
+  folder `data.manual_dir`. Training slices stay whole (the pipeline crops
+  them at random to `data.image_size`); held-out slices are centre-cropped.
+TensorFlow is imported only when a dataset is loaded.
 """
 
 import os
 
 import numpy as np
 
-from fuse4seg_jax.data import phantom
 from fuse4seg_jax.data.errors import DataError
 
-DATASETS = ("phantom", "brats_fuse")
+DATASETS = ("phantom", "brats_fuse", "harvard_mif")
 
 
 def load(data_config, seed: int):
     """(train, eval) example dicts, split by case (no case in both)."""
     if data_config.name == "brats_fuse":
         return _load_brats_fuse(data_config)
+    if data_config.name == "harvard_mif":
+        return _load_harvard(data_config)
     if data_config.name != "phantom":
         raise ValueError(f"data.name={data_config.name!r}: expected one of {DATASETS}")
-    num_train, num_eval = data_config.num_train_cases, data_config.num_eval_cases
-    examples = phantom.make_dataset(
-        seed,
-        num_cases=num_train + num_eval,
-        slices_per_case=data_config.slices_per_case,
-        image_size=data_config.image_size,
-        modalities=tuple(data_config.modalities),
-    )
-    is_train = examples["case_id"] < num_train
-    train = {k: v[is_train] for k, v in examples.items()}
-    held_out = {k: v[~is_train] for k, v in examples.items()}
-    if not len(held_out["label"]):
+    if data_config.num_eval_cases < 1:
         raise ValueError("data.num_eval_cases must be at least 1")
-    return train, held_out
+    from fuse4seg_jax.data import tfds_brats_fuse, tfds_phantom
+
+    builder = tfds_phantom.make_builder(data_config, seed)
+    builder.download_and_prepare(download_config=tfds_brats_fuse.download_config(None))
+    return _read(builder, "train", None), _read(builder, "validation", None)
 
 
 def check_batch(batch: dict, num_modalities: int):
@@ -64,31 +63,66 @@ def _centre_crop(x, size):
     return x[:, top : top + size, left : left + size]
 
 
+def _read(builder, split: str, crop):
+    """A built split as one numpy dict sorted by (case id, slice index), whatever order
+    TFDS stored it in (its writer shuffles by key hash); `crop` centre-crops (None: whole)."""
+    from fuse4seg_jax.data.tfds_brats_fuse import as_numpy
+
+    rows = list(as_numpy(builder, split))
+    if not rows:
+        raise DataError(builder.data_dir, f"the {split!r} split is empty")
+    rows.sort(key=lambda r: (r["case_id"], r["slice_index"]))
+    case_ids = [r["case_id"] for r in rows]
+    return {
+        "modalities": _centre_crop(np.stack([r["modalities"] for r in rows]), crop),
+        "label": _centre_crop(np.stack([r["label"] for r in rows]).astype(np.int32), crop),
+        "mask": _centre_crop(np.stack([r["mask"] for r in rows]).astype(np.float32), crop),
+        "case_id": np.array([c.decode() if isinstance(c, bytes) else c for c in case_ids]),
+        "slice_index": np.array([r["slice_index"] for r in rows], np.int32),
+    }
+
+
 def _load_brats_fuse(data_config):
     from fuse4seg_jax.data import tfds_brats_fuse  # imports TensorFlow: only when asked
 
     if not data_config.manual_dir:
         raise ValueError("data.manual_dir is empty: give the BraTS folder of case folders")
-    builder = tfds_brats_fuse.make_builder(data_config)
-    if not os.path.isdir(os.path.expanduser(data_config.manual_dir)):
+    manual_dir = os.path.expanduser(data_config.manual_dir)
+    if not os.path.isdir(manual_dir):
         raise DataError(data_config.manual_dir, "BraTS folder (data.manual_dir) not found")
-    builder.download_and_prepare(
-        download_config=tfds_brats_fuse.download_config(os.path.expanduser(data_config.manual_dir))
+    builder = tfds_brats_fuse.make_builder(data_config)
+    builder.download_and_prepare(download_config=tfds_brats_fuse.download_config(manual_dir))
+    return _read(builder, "train", None), _read(
+        builder, data_config.eval_split, data_config.image_size
     )
-    out = []
-    for split in ("train", data_config.eval_split):
-        rows = list(tfds_brats_fuse.as_numpy(builder, split))
-        if not rows:
-            raise DataError(data_config.manual_dir, f"the {split!r} split of brats_fuse is empty")
-        # training slices stay whole (the pipeline crops them at random); held-out ones
-        # are centre-cropped once here
-        size = data_config.image_size if split != "train" else None
-        arrays = {
-            "modalities": _centre_crop(np.stack([r["modalities"] for r in rows]), size),
-            "label": _centre_crop(np.stack([r["label"] for r in rows]).astype(np.int32), size),
-            "mask": _centre_crop(np.stack([r["mask"] for r in rows]).astype(np.float32), size),
-            "case_id": np.array([r["case_id"].decode() for r in rows]),
-            "slice_index": np.array([r["slice_index"] for r in rows], np.int32),
-        }
-        out.append(arrays)
-    return tuple(out)
+
+
+def _load_harvard(data_config):
+    from fuse4seg_jax.data import tfds_harvard  # imports TensorFlow: only when asked
+
+    root = os.path.expanduser(data_config.manual_dir)
+    rows = list(
+        tfds_harvard.tfds.as_numpy(
+            tfds_harvard.build(root, data_config.harvard_set, data_config.tfds_dir).as_dataset(
+                split="test", shuffle_files=False
+            )
+        )
+    )
+    rows.sort(key=lambda r: (len(r["pair_id"]), r["pair_id"]))  # numeric ids in order
+    mods = np.stack([r["modalities"] for r in rows])
+    examples = {
+        "modalities": mods,
+        "label": np.zeros(mods.shape[:3], np.int32),  # no labels: fusion only
+        "mask": (mods.max(axis=-1) > 0).astype(np.float32),
+        "chroma": np.stack([r["chroma"] for r in rows]),
+        "case_id": np.array([r["pair_id"].decode() for r in rows]),
+        "slice_index": np.zeros(len(rows), np.int32),
+    }
+    order = np.random.default_rng(data_config.split_seed).permutation(len(rows))
+    n_eval = max(1, len(rows) // 5)
+    held_out, train = np.sort(order[:n_eval]), np.sort(order[n_eval:])
+    size = data_config.image_size
+    eval_part = {k: v[held_out] for k, v in examples.items()}
+    for key in ("modalities", "label", "mask", "chroma"):
+        eval_part[key] = _centre_crop(eval_part[key], size)
+    return {k: v[train] for k, v in examples.items()}, eval_part

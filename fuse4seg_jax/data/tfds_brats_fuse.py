@@ -56,7 +56,9 @@ class BratsFuseConfig(tfds.core.BuilderConfig):
 
 def download_config(manual_dir) -> tfds.download.DownloadConfig:
     """Build options for a local folder: never try to fetch anything."""
-    return tfds.download.DownloadConfig(manual_dir=str(manual_dir), try_download_gcs=False)
+    return tfds.download.DownloadConfig(
+        manual_dir=None if manual_dir is None else str(manual_dir), try_download_gcs=False
+    )
 
 
 def split_cases(case_dirs, config: BratsFuseConfig) -> dict:
