@@ -80,7 +80,7 @@ def train_and_evaluate(config, workdir: str, *, stop_at: int | None = None) -> d
         sources.check_batch(part, len(config.data.modalities))
     log(
         f"data: {config.data.name}, {len(train_examples['label'])} training and "
-        f"{len(eval_examples['label'])} held-out slices "
+        f"{len(eval_examples['label'])} held-out images "
         f"({len(np.unique(eval_examples['case_id']))} cases), "
         f"{config.data.image_size}x{config.data.image_size}, modalities "
         f"{', '.join(config.data.modalities)} ({time.time() - t0:.1f}s)"
@@ -95,10 +95,15 @@ def train_and_evaluate(config, workdir: str, *, stop_at: int | None = None) -> d
     )()
     n_fuse = sum(x.size for x in jax.tree.leaves(state.fusion.params))
     n_seg = sum(x.size for x in jax.tree.leaves(state.seg.params))  # 0 when fusion-only
+    training = (
+        "fusion only (L_fuse, optax)"
+        if steps.fusion_only(config)
+        else f"bi-level: inner={config.bilevel.inner}, method={config.bilevel.method}, "
+        f"inner_steps={config.bilevel.inner_steps}"
+    )
     log(
         f"networks: fusion {config.model.fusion} ({n_fuse:,} params), segmentation "
-        f"{config.model.segmentation} ({n_seg:,} params); bi-level: inner={config.bilevel.inner}, "
-        f"method={config.bilevel.method}, inner_steps={config.bilevel.inner_steps}"
+        f"{config.model.segmentation} ({n_seg:,} params); {training}"
     )
 
     ckpt = Checkpointer(

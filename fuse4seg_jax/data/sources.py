@@ -32,11 +32,28 @@ def load(data_config, seed: int):
         raise ValueError(f"data.name={data_config.name!r}: expected one of {DATASETS}")
     if data_config.num_eval_cases < 1:
         raise ValueError("data.num_eval_cases must be at least 1")
-    from fuse4seg_jax.data import tfds_brats_fuse, tfds_phantom
-
-    builder = tfds_phantom.make_builder(data_config, seed)
-    builder.download_and_prepare(download_config=tfds_brats_fuse.download_config(None))
+    builder = prepared_builder(data_config, seed)
     return _read(builder, "train", None), _read(builder, "validation", None)
+
+
+def prepared_builder(data_config, seed: int):
+    """The built TFDS builder of a labelled dataset (phantom or brats_fuse), built if needed."""
+    from fuse4seg_jax.data import tfds_brats_fuse, tfds_phantom  # imports TensorFlow
+
+    if data_config.name == "phantom":
+        builder = tfds_phantom.make_builder(data_config, seed)
+        builder.download_and_prepare(download_config=tfds_brats_fuse.download_config(None))
+        return builder
+    if data_config.name != "brats_fuse":
+        raise ValueError(f"data.name={data_config.name!r}: expected phantom or brats_fuse")
+    if not data_config.manual_dir:
+        raise ValueError("data.manual_dir is empty: give the BraTS folder of case folders")
+    manual_dir = os.path.expanduser(data_config.manual_dir)
+    if not os.path.isdir(manual_dir):
+        raise DataError(data_config.manual_dir, "BraTS folder (data.manual_dir) not found")
+    builder = tfds_brats_fuse.make_builder(data_config)
+    builder.download_and_prepare(download_config=tfds_brats_fuse.download_config(manual_dir))
+    return builder
 
 
 def check_batch(batch: dict, num_modalities: int):
@@ -83,15 +100,7 @@ def _read(builder, split: str, crop):
 
 
 def _load_brats_fuse(data_config):
-    from fuse4seg_jax.data import tfds_brats_fuse  # imports TensorFlow: only when asked
-
-    if not data_config.manual_dir:
-        raise ValueError("data.manual_dir is empty: give the BraTS folder of case folders")
-    manual_dir = os.path.expanduser(data_config.manual_dir)
-    if not os.path.isdir(manual_dir):
-        raise DataError(data_config.manual_dir, "BraTS folder (data.manual_dir) not found")
-    builder = tfds_brats_fuse.make_builder(data_config)
-    builder.download_and_prepare(download_config=tfds_brats_fuse.download_config(manual_dir))
+    builder = prepared_builder(data_config, 0)
     return _read(builder, "train", None), _read(
         builder, data_config.eval_split, data_config.image_size
     )

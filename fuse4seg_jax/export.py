@@ -1,0 +1,159 @@
+"""Export a benchmark as plain files: `python -m fuse4seg_jax.export`.
+
+    python -m fuse4seg_jax.export --config configs/brats_fuse.py \\
+        --config.data.manual_dir=/data/BraTS2021 --out exports/brats_fuse \\
+        (--workdir runs/brats_fuse | --method max)
+
+Writes, for every record of every split of the dataset (BraTS-Fuse or the
+phantom), the paired originals, the ground truth and a fused image, so that
+other fusion tools can read the benchmark ("paired originals, fused images
+and ground truth"):
+
+    <out>/<split>/<case>_<slice>_<modality>.{png,npy}   sources, float32 [0,1] / 8-bit PNG
+    <out>/<split>/<case>_<slice>_label.{png,npy}        labels 0..3 (PNG values 0..3 as stored)
+    <out>/<split>/<case>_<slice>_fused.{png,npy}        the fused image
+    <out>/index.csv                                     one row per record, relative paths
+
+The fused image comes from a trained checkpoint (`--workdir`: its latest
+checkpoint; the config must be the run's) or from a classical fusion
+(`--method mean` or `max`). Slices are exported whole (not cropped). The
+export is written to a temporary folder beside `--out` and renamed when
+complete; an existing `--out` is refused unless `--overwrite`.
+"""
+
+import os
+import sys
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
+
+import csv  # noqa: E402
+import shutil  # noqa: E402
+import tempfile  # noqa: E402
+
+import numpy as np  # noqa: E402
+from absl import app, flags, logging  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
+
+CLASSICAL = {"mean": lambda m: m.mean(axis=-1), "max": lambda m: m.max(axis=-1)}
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file(
+    "config", None, "The dataset's (and run's) config.", lock_config=True
+)
+flags.DEFINE_string("out", None, "Output folder.")
+flags.DEFINE_string("workdir", None, "A training workdir: fuse with its latest checkpoint.")
+flags.DEFINE_enum("method", None, list(CLASSICAL), "Classical fusion instead of a checkpoint.")
+flags.DEFINE_bool("overwrite", False, "Replace an existing --out.")
+flags.mark_flags_as_required(["config", "out"])
+
+
+def checkpoint_fuser(config, workdir):
+    """fused = fn(modalities (B,H,W,M)) with the fusion network of workdir's latest checkpoint."""
+    import jax
+
+    from fuse4seg_jax import steps
+    from fuse4seg_jax.checkpointing import Checkpointer
+
+    _, objs, outer_tx, inner_opt, _, _ = steps.make_steps(config)
+    fusion_model, seg_model = steps.build_models(config)
+    template = steps.init_state(config, fusion_model, seg_model, outer_tx, inner_opt)
+    ckpt = Checkpointer(workdir, every=0)
+    if ckpt.latest_step() is None:
+        raise FileNotFoundError(f"{workdir}: no checkpoint found in {ckpt.directory}")
+    state, _ = ckpt.restore(template)
+    ckpt.close()
+    fuse = jax.jit(lambda params, x: objs.fuse(params, {"modalities": x})[..., 0])
+    return lambda x: np.asarray(fuse(state.fusion.params, x))
+
+
+def _png(path, image01):
+    from PIL import Image
+
+    Image.fromarray(np.round(np.clip(image01, 0, 1) * 255).astype(np.uint8)).save(path)
+
+
+def export(config, out: str, fuser, *, overwrite: bool = False, batch_size: int = 16) -> int:
+    """Writes the benchmark to `out` (see module docstring); returns the number of records."""
+    from PIL import Image
+
+    from fuse4seg_jax.data import sources, tfds_brats_fuse
+
+    out = os.path.abspath(out)
+    if os.path.exists(out) and not overwrite:
+        raise FileExistsError(f"{out} exists: pass --overwrite to replace it")
+    builder = sources.prepared_builder(config.data, config.seed)
+    names = tuple(config.data.modalities)
+    parent = os.path.dirname(out)
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(dir=parent, prefix=f".{os.path.basename(out)}.partial-")
+    rows = []
+    try:
+        for split in sorted(builder.info.splits):
+            os.makedirs(os.path.join(tmp, split))
+            records = sorted(
+                tfds_brats_fuse.as_numpy(builder, split),
+                key=lambda r: (r["case_id"], r["slice_index"]),
+            )
+            for start in range(0, len(records), batch_size):
+                chunk = records[start : start + batch_size]
+                fused = fuser(np.stack([r["modalities"] for r in chunk]))
+                for record, fused_image in zip(chunk, fused, strict=True):
+                    case = record["case_id"]
+                    case = case.decode() if isinstance(case, bytes) else str(case)
+                    stem = f"{case}_{int(record['slice_index']):03d}"
+                    row = {
+                        "split": split,
+                        "case_id": case,
+                        "slice_index": int(record["slice_index"]),
+                    }
+                    images = {n: record["modalities"][..., i] for i, n in enumerate(names)}
+                    images["fused"] = np.asarray(fused_image, np.float32)
+                    for name, image in images.items():
+                        rel = os.path.join(split, f"{stem}_{name}")
+                        np.save(os.path.join(tmp, rel + ".npy"), image.astype(np.float32))
+                        _png(os.path.join(tmp, rel + ".png"), image)
+                        row[name] = rel + ".png"
+                    rel = os.path.join(split, f"{stem}_label")
+                    label = record["label"].astype(np.uint8)
+                    np.save(os.path.join(tmp, rel + ".npy"), label)
+                    Image.fromarray(label).save(os.path.join(tmp, rel + ".png"))
+                    row["label"] = rel + ".png"
+                    rows.append(row)
+            print(f"exported {split}: {len(records)} records", flush=True)
+        with open(os.path.join(tmp, "index.csv"), "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+            writer.writeheader()
+            writer.writerows(rows)
+        if os.path.exists(out):
+            old = out + ".old"
+            os.replace(out, old)
+            os.replace(tmp, out)
+            shutil.rmtree(old)
+        else:
+            os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return len(rows)
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    logging.set_verbosity(logging.WARNING)
+    if (FLAGS.workdir is None) == (FLAGS.method is None):
+        sys.exit("error: give exactly one of --workdir (a trained checkpoint) or --method")
+    if FLAGS.method:
+        fuser = CLASSICAL[FLAGS.method]
+    else:
+        fuser = checkpoint_fuser(FLAGS.config, FLAGS.workdir)
+    try:
+        n = export(FLAGS.config, FLAGS.out, fuser, overwrite=FLAGS.overwrite)
+    except (FileExistsError, FileNotFoundError, ValueError) as e:
+        sys.exit(f"error: {e}")
+    print(f"wrote {n} records to {os.path.abspath(FLAGS.out)} (index.csv)")
+
+
+if __name__ == "__main__":
+    app.run(main)

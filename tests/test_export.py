@@ -1,0 +1,61 @@
+"""Benchmark export: paired originals, ground truth and fused images as plain files."""
+
+import csv
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from configs import tiny
+from fuse4seg_jax import export, trainer
+
+
+def _config(tmp_path):
+    config = tiny.get_config()
+    config.data.tfds_dir = str(tmp_path / "tfds")
+    return config
+
+
+def test_classical_export_writes_every_record_and_refuses_to_overwrite(tmp_path):
+    config = _config(tmp_path)
+    n = export.export(config, str(tmp_path / "out"), export.CLASSICAL["max"])
+    per_split = {"train": 8 * 4, "validation": 2 * 4}  # tiny: cases x slices per case
+    assert n == sum(per_split.values())
+    with open(tmp_path / "out" / "index.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == n
+    assert {s: sum(r["split"] == s for r in rows) for s in per_split} == per_split
+    row = rows[0]
+    stem = str(tmp_path / "out" / row["fused"]).removesuffix("_fused.png")
+    t1ce, flair = np.load(stem + "_t1ce.npy"), np.load(stem + "_flair.npy")
+    np.testing.assert_array_equal(np.load(stem + "_fused.npy"), np.maximum(t1ce, flair))
+    label_png = np.asarray(Image.open(tmp_path / "out" / row["label"]))
+    np.testing.assert_array_equal(label_png, np.load(stem + "_label.npy"))
+    assert set(np.unique(label_png)) <= {0, 1, 2, 3}
+    assert np.asarray(Image.open(stem + "_fused.png")).dtype == np.uint8
+    with pytest.raises(FileExistsError, match="--overwrite"):
+        export.export(config, str(tmp_path / "out"), export.CLASSICAL["mean"])
+    export.export(config, str(tmp_path / "out"), export.CLASSICAL["mean"], overwrite=True)
+    np.testing.assert_allclose(np.load(stem + "_fused.npy"), (t1ce + flair) / 2, atol=1e-6)
+    assert not [p for p in tmp_path.iterdir() if "partial" in p.name or p.name.endswith(".old")]
+
+
+def test_checkpoint_export_uses_the_trained_fusion_network(tmp_path):
+    config = _config(tmp_path)
+    config.train.num_steps = 2
+    trainer.train_and_evaluate(config, str(tmp_path / "run"))
+    fuser = export.checkpoint_fuser(config, str(tmp_path / "run"))
+    export.export(config, str(tmp_path / "out"), fuser)
+    with open(tmp_path / "out" / "index.csv") as f:
+        row = next(csv.DictReader(f))
+    stem = str(tmp_path / "out" / row["fused"]).removesuffix("_fused.png")
+    fused = np.load(stem + "_fused.npy")
+    sources = np.stack([np.load(stem + "_t1ce.npy"), np.load(stem + "_flair.npy")], -1)
+    np.testing.assert_allclose(fused, fuser(sources[None])[0], atol=1e-6)
+    assert 0.0 <= fused.min() and fused.max() <= 1.0
+    assert not np.allclose(fused, sources.max(-1))  # it is the network's, not a classical rule
+
+
+def test_missing_checkpoint_is_a_clear_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no checkpoint"):
+        export.checkpoint_fuser(_config(tmp_path), str(tmp_path / "empty"))
