@@ -13,6 +13,7 @@ and ground truth"):
     <out>/<split>/<case>_<slice>_label.{png,npy}        labels 0..3 (PNG values 0..3 as stored)
     <out>/<split>/<case>_<slice>_fused.{png,npy}        the fused image
     <out>/index.csv                                     one row per record, relative paths
+                                                        (and in-plane spacing in mm for BraTS)
 
 The fused image comes from a trained checkpoint (`--workdir`: its latest
 checkpoint; the config must be the run's) or from a classical fusion
@@ -141,7 +142,7 @@ def export(config, out: str, fuser, *, overwrite: bool = False, batch_size: int 
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-    logging.set_verbosity(logging.WARNING)
+    logging.set_verbosity(logging.ERROR)  # TFDS warns about its own deprecations
     if (FLAGS.workdir is None) == (FLAGS.method is None):
         sys.exit("error: give exactly one of --workdir (a trained checkpoint) or --method")
     if FLAGS.method:

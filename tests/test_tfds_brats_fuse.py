@@ -64,6 +64,11 @@ def test_build_counts_case_split_labels_and_ranges(brats_dir, tmp_path):
         or cases["validation"] & cases["test"]
     )
     assert sum(len(r) for r in splits.values()) == 30  # 3 slices x 10 cases
+    # the built dataset is readable by name with tfds.load, as users would
+    loaded = tfds_brats_fuse.tfds.load(
+        f"brats_fuse/{builder.builder_config.name}", data_dir=str(tmp_path), split="train"
+    )
+    assert sum(1 for _ in loaded) == len(splits["train"])
     both_conventions = {c.split("_")[0] for s in cases.values() for c in s}
     assert both_conventions == {"BraTS2021", "BraTS-GLI"}
     for rows in splits.values():
@@ -162,3 +167,21 @@ def test_missing_folder_is_a_clear_error(tmp_path):
     config = _data_config(tmp_path / "nowhere", tmp_path / "tfds")
     with pytest.raises(DataError, match="nowhere"):
         sources.load(config, 0)
+
+
+def test_export_of_brats_fuse_keeps_spacing_and_whole_slices(brats_dir, tmp_path):
+    import csv
+
+    from configs import tiny
+    from fuse4seg_jax import export
+
+    config = tiny.get_config()
+    config.data = _data_config(brats_dir, tmp_path / "tfds")
+    n = export.export(config, str(tmp_path / "out"), export.CLASSICAL["mean"])
+    with open(tmp_path / "out" / "index.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert n == len(rows) == 30
+    assert {r["split"] for r in rows} == {"train", "validation", "test"}
+    assert all(float(r["spacing_x_mm"]) == 4.0 for r in rows)
+    fused = np.load(tmp_path / "out" / rows[0]["fused"].replace(".png", ".npy"))
+    assert fused.shape == SHAPE[:2]  # exported whole, not cropped
