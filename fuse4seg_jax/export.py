@@ -108,6 +108,8 @@ def export(config, out: str, fuser, *, overwrite: bool = False, batch_size: int 
                         "case_id": case,
                         "slice_index": int(record["slice_index"]),
                     }
+                    if "spacing" in record:  # BraTS: in-plane voxel size in mm
+                        row["spacing_x_mm"], row["spacing_y_mm"] = map(float, record["spacing"])
                     images = {n: record["modalities"][..., i] for i, n in enumerate(names)}
                     images["fused"] = np.asarray(fused_image, np.float32)
                     for name, image in images.items():
