@@ -17,7 +17,8 @@ LABEL_COLOURS = np.array(
 )
 
 
-def _atomic_path(path):
+def atomic_path(path):
+    """A temporary file beside `path`, to be os.replace()d onto it when complete."""
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=os.path.splitext(path)[1])
@@ -28,8 +29,15 @@ def _atomic_path(path):
     return tmp
 
 
+def write_text(path, text: str):
+    tmp = atomic_path(path)
+    with open(tmp, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
 def write_json(path, obj):
-    tmp = _atomic_path(path)
+    tmp = atomic_path(path)
     with open(tmp, "w") as f:
         json.dump(obj, f, indent=2)
     os.replace(tmp, path)
@@ -80,7 +88,7 @@ def save_figure(path, modalities, fused, labels, preds, modality_names, titles=N
         fontsize=9,
     )
     fig.tight_layout(rect=(0, 0.02, 1, 1))
-    tmp = _atomic_path(path)
+    tmp = atomic_path(path)
     fig.savefig(tmp, dpi=110, format="png")
     plt.close(fig)
     os.replace(tmp, path)
@@ -117,7 +125,7 @@ def save_fusion_figure(path, modalities, fused, modality_names, chroma=None, tit
         if titles is not None:
             axes[i, 0].set_ylabel(titles[i], fontsize=8)
     fig.tight_layout()
-    tmp = _atomic_path(path)
+    tmp = atomic_path(path)
     fig.savefig(tmp, dpi=110, format="png")
     plt.close(fig)
     os.replace(tmp, path)

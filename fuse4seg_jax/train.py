@@ -34,7 +34,8 @@ flags.DEFINE_bool("distributed", False, "Call jax.distributed.initialize() (mult
 flags.mark_flags_as_required(["config", "workdir"])
 
 
-def main(argv):
+def main(argv, work=None):
+    """Process set-up, then `work(config, workdir)` (default: train_and_evaluate)."""
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     logging.set_verbosity(logging.WARNING)  # Orbax and JAX log every checkpoint at INFO
@@ -48,15 +49,16 @@ def main(argv):
     from fuse4seg_jax.config_validation import ConfigError
 
     try:
-        trainer.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+        (work or trainer.train_and_evaluate)(FLAGS.config, FLAGS.workdir)
     except (ConfigError, trainer.NonFiniteLossError) as e:
         sys.exit(f"error: {e}")
 
 
-def run(argv=None):
+def run(argv=None, work=None):
+    """Parse --config/--workdir (one-line errors for unknown keys) and run `work`."""
     argv = list(sys.argv if argv is None else argv)
     try:
-        app.run(main, argv=argv)
+        app.run(lambda args: main(args, work), argv=argv)
     except (KeyError, AttributeError) as e:
         # ml-collections rejects unknown override keys while parsing flags, with a
         # multi-line traceback; name the offending flag in one line instead.

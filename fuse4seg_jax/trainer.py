@@ -147,10 +147,15 @@ def train_and_evaluate(config, workdir: str, *, stop_at: int | None = None) -> d
         return {"data_position": step, "config": json.loads(config.to_json_best_effort())}
 
     window, timed, window_start = [], 0, time.time()
-    loop_start, first_step_time = time.time(), None
+    loop_start, first_step_time, step_fn, step_memory = time.time(), None, None, None
     for step in range(start + 1, num_steps + 1):
-        host_batch = next(batches)
-        state, metrics = p_train(state, sharding.shard_batch(host_batch, mesh))
+        batch = sharding.shard_batch(next(batches), mesh)
+        if step_fn is None:  # compile ahead of time once: exposes the step's memory use and
+            step_fn = p_train.lower(state, batch).compile()  # can never silently recompile
+            step_memory = _memory_bytes(step_fn)
+            if step_memory:
+                log(f"train step memory (XLA estimate, per device): {step_memory / 2**20:.1f} MiB")
+        state, metrics = step_fn(state, batch)
         if sync_each_step:
             jax.block_until_ready(metrics)
         window.append(metrics)
@@ -202,9 +207,12 @@ def train_and_evaluate(config, workdir: str, *, stop_at: int | None = None) -> d
     result = evaluate(p_eval, state, eval_examples, mesh, config.train.eval_batch_size)
     writer.write(num_steps, {f"eval/{k}": v for k, v in result["scores"].items()})
     writer.close()
-    seconds = time.time() - loop_start
+    run_stats = {
+        "loop_run_stats_this_run": time.time() - loop_start,
+        "step_memory_bytes": step_memory,
+    }
     if "pred" not in result:
-        return _finish_fusion_only(config, workdir, eval_examples, result, seconds)
+        return _finish_fusion_only(config, workdir, eval_examples, result, run_stats)
     dice = {r: result["scores"][f"dice_{r}"] for r in REGION_NAMES}
     result["dice"] = dice
     contrast = visibility.contrast_table(
@@ -215,7 +223,7 @@ def train_and_evaluate(config, workdir: str, *, stop_at: int | None = None) -> d
         config.data.modalities,
     )
     if jax.process_index() == 0:
-        _write_final_report(config, workdir, eval_examples, result, contrast, seconds)
+        _write_final_report(config, workdir, eval_examples, result, contrast, run_stats)
     log(
         "tumour-part contrast on held-out slices (contrast-to-noise ratio):\n"
         + visibility.format_table(contrast)
@@ -228,7 +236,7 @@ def train_and_evaluate(config, workdir: str, *, stop_at: int | None = None) -> d
     return dice
 
 
-def _finish_fusion_only(config, workdir, examples, result, seconds):
+def _finish_fusion_only(config, workdir, examples, result, run_stats):
     """Fusion-only runs: mean held-out fusion loss and a figure of sources and fused images."""
     scores = result["scores"]
     if jax.process_index() == 0:
@@ -247,7 +255,7 @@ def _finish_fusion_only(config, workdir, examples, result, seconds):
                 "eval": scores,
                 "num_pairs": len(result["fused"]),
                 "train_steps": config.train.num_steps,
-                "loop_seconds_this_run": seconds,
+                **run_stats,
             },
         )
     log(
@@ -257,7 +265,21 @@ def _finish_fusion_only(config, workdir, examples, result, seconds):
     return scores
 
 
-def _write_final_report(config, workdir, examples, result, contrast, seconds):
+def _memory_bytes(compiled):
+    """Arguments + outputs + temporaries of a compiled step (XLA's estimate), or None."""
+    try:
+        m = compiled.memory_analysis()
+        return int(
+            m.argument_size_in_bytes
+            + m.output_size_in_bytes
+            + m.temp_size_in_bytes
+            - m.alias_size_in_bytes
+        )
+    except Exception:  # not every backend reports it
+        return None
+
+
+def _write_final_report(config, workdir, examples, result, contrast, run_stats):
     chosen = report.pick_slices(
         examples["label"], examples["case_id"], config.report.num_figure_cases
     )
@@ -286,6 +308,6 @@ def _write_final_report(config, workdir, examples, result, contrast, seconds):
             "num_cases": len(per_case),
             "part_contrast": contrast,
             "train_steps": config.train.num_steps,
-            "loop_seconds_this_run": seconds,
+            **run_stats,
         },
     )

@@ -1,0 +1,24 @@
+"""Hypergradient ablation on the phantom: every method, same data, seed and step budget.
+
+    python -m fuse4seg_jax.ablate --config configs/ablation.py --workdir runs/ablation
+
+Hardware: 2 CPU cores; each run is the demo setting cut to 400 steps (about
+2 minutes per bi-level run there). Methods are any of bilevel.METHODS; the
+table, the CSV and the training curves go to the workdir.
+"""
+
+import ml_collections
+
+from configs import demo
+
+
+def get_config():
+    config = demo.get_config()
+    config.train.num_steps = 400
+    config.train.eval_every = 400
+    config.train.checkpoint_every = 200
+    config.train.log_every = 25
+    config.ablation = ml_collections.ConfigDict()
+    config.ablation.methods = ("joint", "first_order", "unrolled")
+    config.ablation.inners = ("fusion",)
+    return config
