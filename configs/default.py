@@ -53,7 +53,8 @@ def get_config():
 
     config.bilevel = ml_collections.ConfigDict()
     config.bilevel.inner = "fusion"  # which network is the inner (follower) variable
-    config.bilevel.method = "unrolled"  # first_order | unrolled | joint
+    # first_order | unrolled | joint | implicit_cg | implicit_neumann | darts | bdl
+    config.bilevel.method = "unrolled"
     config.bilevel.inner_steps = 1
     config.bilevel.inner_optimizer = "adam"  # differentiable: sgd | adam (eps inside the sqrt)
     config.bilevel.inner_lr = 1e-3
@@ -62,6 +63,21 @@ def get_config():
         "fwd_rev"  # fwd_rev (fast) | grad (reference jax.grad composition)
     )
     config.bilevel.remat = False
+    # unrolled only: T total inner steps, of which the last inner_steps are differentiated
+    # (the first T - inner_steps run in a separate undifferentiated scan); 0 = no truncation.
+    config.bilevel.truncate_steps = 0
+    # implicit_cg: plain CG iterations (HVPs) on (H + cg_damping I) v = F_y; damping > 0
+    # for non-convex followers (watch train aux cg_residual / cg_nonpositive).
+    config.bilevel.cg_steps = 10
+    config.bilevel.cg_damping = 0.0
+    # implicit_neumann: v = alpha sum_{k<steps} (I - alpha H)^k F_y; needs alpha < 2/lambda_max(H).
+    config.bilevel.neumann_steps = 10
+    config.bilevel.neumann_alpha = 0.01
+    # darts: virtual step size xi; darts_fd: finite-difference mixed product (eps = 0.01/|v|).
+    config.bilevel.darts_xi = 0.01
+    config.bilevel.darts_fd = False
+    # bdl (heuristic surrogate): the correction is dropped where |f_y|^2 <= bdl_eps.
+    config.bilevel.bdl_eps = 1e-12
     # inner = "fusion": inner objective L_fuse + mu * L_seg (segmentation shapes the fusion).
     config.bilevel.mu = 0.1
     # inner = "segmentation": outer objective L_fuse + beta * L_seg (semantic gradients).

@@ -126,6 +126,14 @@ def train_step(state: TrainState, batch: dict, *, objs, outer_tx, inner_opt, bil
         inner_steps=bilevel_config.inner_steps,
         remat=bilevel_config.remat,
         second_order=bilevel_config.second_order,
+        truncate_steps=bilevel_config.truncate_steps,
+        cg_steps=bilevel_config.cg_steps,
+        cg_damping=bilevel_config.cg_damping,
+        neumann_steps=bilevel_config.neumann_steps,
+        neumann_alpha=bilevel_config.neumann_alpha,
+        darts_xi=bilevel_config.darts_xi,
+        darts_fd=bilevel_config.darts_fd,
+        bdl_eps=bilevel_config.bdl_eps,
     )
     updates, new_opt_state = outer_tx.update(result.grad, outer_net.opt_state, outer_net.params)
     new_outer = NetState(optax.apply_updates(outer_net.params, updates), new_opt_state)
@@ -139,6 +147,8 @@ def train_step(state: TrainState, batch: dict, *, objs, outer_tx, inner_opt, bil
     for key, value in result.aux.items():
         if key.startswith("outer/"):
             metrics[key.removeprefix("outer/")] = value
+        elif "/" not in key and key not in ("inner_loss", "outer_loss"):
+            metrics[key] = value  # method diagnostics, e.g. cg_residual, bdl_coef
     return new_state, metrics
 
 

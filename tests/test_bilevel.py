@@ -284,9 +284,12 @@ def test_jit_matches_eager():
     f, F, x, y, inner_batch, outer_batch = _mlp_problem(seed=8)
     adam = make_inner_optimizer("adam", 0.05)
     for method in bilevel.METHODS:
+        # The MLP's Hessian is indefinite here (CG's cg_min_curvature < 0 even at damping 2):
+        # CG then amplifies rounding differences between jit and eager to ~1e-9; damp it.
         fn = functools.partial(
-            bilevel.hypergradient, method, f, F, inner_optimizer=adam, inner_steps=3
-        )
+            bilevel.hypergradient, method, f, F, inner_optimizer=adam, inner_steps=3,
+            cg_damping=5.0,
+        )  # fmt: skip
         eager = fn(x, y, inner_batch, outer_batch)
         jitted = jax.jit(fn)(x, y, inner_batch, outer_batch)
         np.testing.assert_allclose(_flat(jitted.grad), _flat(eager.grad), rtol=1e-12, atol=1e-14)
@@ -294,7 +297,7 @@ def test_jit_matches_eager():
             _flat(jitted.inner_params), _flat(eager.inner_params), atol=1e-14
         )
         for key, value in eager.aux.items():
-            np.testing.assert_allclose(jitted.aux[key], value, rtol=1e-12)
+            np.testing.assert_allclose(jitted.aux[key], value, rtol=1e-12, atol=1e-14)
 
 
 def test_float32_runs_and_keeps_dtype():
