@@ -5,7 +5,9 @@
         [--steps 20] [--devices N]
 
 Prints one line per method: median step time over `--steps` timed steps (after
-compilation), steps/s, images/s, and the ratio to the `joint` step. Uses one
+compilation), steps/s, images/s, the compiled step's memory (XLA's estimate per
+device: arguments + outputs + temporaries) and the ratio to the `joint` step.
+Method options (cg_steps, neumann_steps, ...) are the config's defaults. Uses one
 CPU device per core unless XLA_FLAGS or --devices say otherwise, like train.py.
 """
 
@@ -21,7 +23,10 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", default="configs/demo.py")
-    parser.add_argument("--methods", default="joint,first_order,unrolled")
+    parser.add_argument(
+        "--methods",
+        default="joint,first_order,unrolled,darts,implicit_cg,implicit_neumann,bdl",
+    )
     parser.add_argument("--inner", default="fusion")
     parser.add_argument("--inner-steps", type=int, default=1)
     parser.add_argument("--steps", type=int, default=20)
@@ -75,6 +80,14 @@ def main():
             train_fn, in_shardings=(repl, batch_sh), out_shardings=(repl, repl), donate_argnums=0
         )
         t = time.perf_counter()
+        step = step.lower(state, batch).compile()
+        mem = step.memory_analysis()
+        mem_mib = (
+            mem.argument_size_in_bytes
+            + mem.output_size_in_bytes
+            + mem.temp_size_in_bytes
+            - mem.alias_size_in_bytes
+        ) / 2**20
         state, metrics = step(state, batch)
         jax.block_until_ready(metrics)
         compile_s = time.perf_counter() - t
@@ -89,7 +102,9 @@ def main():
         ratio = f"{med / joint_time:.2f}x joint" if joint_time else ""
         print(
             f"{method:>12}: median {med * 1e3:7.1f} ms/step  {1 / med:6.2f} steps/s  "
-            f"{bs / med:7.1f} images/s  compile+first {compile_s:5.1f}s  {ratio}",
+            f"{bs / med:7.1f} images/s  memory {mem_mib:6.1f} MiB  "
+            f"compile+first {compile_s:5.1f}s  "
+            f"{ratio}",
             flush=True,
         )
 

@@ -26,7 +26,7 @@ from fuse4seg_jax.inner_optim import InnerOptimizer
 # a small conv net: 290 ms straight-line, 5.2 s inside a length-1 scan; `unroll=True` did not
 # help at length 1). Longer loops keep `lax.scan` to bound compile time. The same holds for
 # the conjugate-gradient and Neumann loops, whose bodies are Hessian-vector products.
-UNROLL_MAX_STEPS = 8
+UNROLL_MAX_STEPS = 16
 
 
 class Hypergradient(NamedTuple):
