@@ -78,6 +78,12 @@ def get_config():
     config.bilevel.darts_fd = False
     # bdl (heuristic surrogate): the correction is dropped where |f_y|^2 <= bdl_eps.
     config.bilevel.bdl_eps = 1e-12
+    # Diagnostics: every N steps (0 = off), the configured hypergradient on the current batch
+    # against a reference (implicit_cg, many steps): train/diag_hypergrad_cosine, _norm_ratio,
+    # _reference_cg_residual in the metrics.
+    config.bilevel.diagnose_every = 0
+    config.bilevel.diagnose_cg_steps = 16  # <= 16 stays in the fast unrolled loop on CPU
+    config.bilevel.diagnose_damping = 1e-3
     # inner = "fusion": inner objective L_fuse + mu * L_seg (segmentation shapes the fusion).
     config.bilevel.mu = 0.1
     # inner = "segmentation": outer objective L_fuse + beta * L_seg (semantic gradients).

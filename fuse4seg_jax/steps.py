@@ -108,25 +108,15 @@ def split_batch(batch: dict, how: str):
     return {k: v[:, 0] for k, v in pairs.items()}, {k: v[:, 1] for k, v in pairs.items()}
 
 
-def train_step(state: TrainState, batch: dict, *, objs, outer_tx, inner_opt, bilevel_config):
-    """One bi-level step. batch: modalities (B,H,W,M) f32, label (B,H,W) i32, mask (B,H,W) f32."""
-    inner = bilevel_config.inner
+def _hypergradient(method, state, batch, objs, inner_opt, bilevel_config, **overrides):
+    """bilevel.hypergradient for this state and batch, options from the config."""
     inner_batch, outer_batch = split_batch(batch, bilevel_config.batch_split)
-    outer_net, inner_net = state.nets(inner)
-    result = bilevel.hypergradient(
-        bilevel_config.method,
-        objs.inner_loss,
-        objs.outer_loss,
-        outer_net.params,
-        inner_net.params,
-        inner_batch,
-        outer_batch,
-        inner_optimizer=inner_opt,
-        inner_opt_state=inner_net.opt_state,
+    outer_net, inner_net = state.nets(bilevel_config.inner)
+    options = dict(
         inner_steps=bilevel_config.inner_steps,
         remat=bilevel_config.remat,
         second_order=bilevel_config.second_order,
-        truncate_steps=bilevel_config.truncate_steps,
+        truncate_steps=bilevel_config.truncate_steps if method == "unrolled" else 0,
         cg_steps=bilevel_config.cg_steps,
         cg_damping=bilevel_config.cg_damping,
         neumann_steps=bilevel_config.neumann_steps,
@@ -135,6 +125,48 @@ def train_step(state: TrainState, batch: dict, *, objs, outer_tx, inner_opt, bil
         darts_fd=bilevel_config.darts_fd,
         bdl_eps=bilevel_config.bdl_eps,
     )
+    return bilevel.hypergradient(
+        method,
+        objs.inner_loss,
+        objs.outer_loss,
+        outer_net.params,
+        inner_net.params,
+        inner_batch,
+        outer_batch,
+        inner_optimizer=inner_opt,
+        inner_opt_state=inner_net.opt_state,
+        **(options | overrides),
+    )
+
+
+def diagnose_step(state: TrainState, batch: dict, *, objs, inner_opt, bilevel_config):
+    """The configured hypergradient against a high-accuracy reference on this batch.
+
+    Reference: implicit_cg with `diagnose_cg_steps` CG steps (damping
+    `diagnose_damping`) at the same inner point. Returns cosine similarity,
+    norm ratio (method / reference) and the reference's relative CG residual.
+    Nothing is updated.
+    """
+    method = _hypergradient(bilevel_config.method, state, batch, objs, inner_opt, bilevel_config)
+    reference = _hypergradient(
+        "implicit_cg", state, batch, objs, inner_opt, bilevel_config,
+        cg_steps=bilevel_config.diagnose_cg_steps, cg_damping=bilevel_config.diagnose_damping,
+    )  # fmt: skip
+    a = jnp.concatenate([jnp.ravel(x).astype(jnp.float32) for x in jax.tree.leaves(method.grad)])
+    b = jnp.concatenate([jnp.ravel(x).astype(jnp.float32) for x in jax.tree.leaves(reference.grad)])
+    norm_a, norm_b = jnp.linalg.norm(a), jnp.linalg.norm(b)
+    return {
+        "hypergrad_cosine": jnp.dot(a, b) / jnp.maximum(norm_a * norm_b, 1e-30),
+        "hypergrad_norm_ratio": norm_a / jnp.maximum(norm_b, 1e-30),
+        "reference_cg_residual": reference.aux["cg_residual"],
+    }
+
+
+def train_step(state: TrainState, batch: dict, *, objs, outer_tx, inner_opt, bilevel_config):
+    """One bi-level step. batch: modalities (B,H,W,M) f32, label (B,H,W) i32, mask (B,H,W) f32."""
+    inner = bilevel_config.inner
+    outer_net, inner_net = state.nets(inner)
+    result = _hypergradient(bilevel_config.method, state, batch, objs, inner_opt, bilevel_config)
     updates, new_opt_state = outer_tx.update(result.grad, outer_net.opt_state, outer_net.params)
     new_outer = NetState(optax.apply_updates(outer_net.params, updates), new_opt_state)
     new_inner = NetState(result.inner_params, result.inner_opt_state)
@@ -208,3 +240,15 @@ def make_steps(config):
     )
     evaluate = functools.partial(eval_step, objs=objs, seg_mode=config.model.seg_mode)
     return (fusion_model, seg_model), objs, outer_tx, inner_opt, train, evaluate
+
+
+def make_diagnose_step(config):
+    """diagnose_step bound to `config` (bi-level configs only)."""
+    fusion_model, seg_model = build_models(config)
+    objs = objectives.build(
+        fusion_model, seg_model, config.loss, config.bilevel, config.model.seg_mode
+    )
+    return functools.partial(
+        diagnose_step, objs=objs, inner_opt=make_inner_optimizer(config.bilevel),
+        bilevel_config=config.bilevel,
+    )  # fmt: skip

@@ -128,6 +128,12 @@ def train_and_evaluate(config, workdir: str, *, stop_at: int | None = None) -> d
     )
     p_eval = jax.jit(eval_fn, in_shardings=(repl, batch_sh), out_shardings=batch_sh)
     sync_each_step = sharding.needs_sync_every_step(mesh)
+    diagnose_every = 0 if steps.fusion_only(config) else config.bilevel.diagnose_every
+    p_diagnose = None
+    if diagnose_every:
+        p_diagnose = jax.jit(
+            steps.make_diagnose_step(config), in_shardings=(repl, batch_sh), out_shardings=repl
+        )
     num_steps = config.train.num_steps
     batches = pipeline.train_iterator(
         train_examples,
@@ -155,6 +161,9 @@ def train_and_evaluate(config, workdir: str, *, stop_at: int | None = None) -> d
             step_memory = _memory_bytes(step_fn)
             if step_memory:
                 log(f"train step memory (XLA estimate, per device): {step_memory / 2**20:.1f} MiB")
+        if p_diagnose is not None and step % diagnose_every == 0:  # before the step: its
+            diag = jax.device_get(p_diagnose(state, batch))  # input state is donated
+            writer.write(step, {f"train/diag_{k}": float(v) for k, v in diag.items()})
         state, metrics = step_fn(state, batch)
         if sync_each_step:
             jax.block_until_ready(metrics)
