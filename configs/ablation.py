@@ -18,6 +18,7 @@ def get_config():
     config.train.eval_every = 400
     config.train.checkpoint_every = 200
     config.train.log_every = 25
+    config.bilevel.diagnose_every = 50  # cosine with a reference CG hypergradient
     config.ablation = ml_collections.ConfigDict()
     config.ablation.methods = ("joint", "first_order", "unrolled")
     config.ablation.inners = ("fusion",)

@@ -8,7 +8,9 @@ For each method in `config.ablation.methods` and orientation in
 then writes to the workdir:
 - `results.csv` and `results.md`: per run, held-out Dice per region, final
   train losses, median step time (ms, compilation excluded) and its ratio to
-  `joint`, and the compiled step's memory (XLA's estimate per device);
+  `joint`, the compiled step's memory (XLA's estimate per device), and the
+  median cosine of its hypergradient with a reference CG hypergradient
+  (`bilevel.diagnose_every`; for `joint` the cosine of its outer gradient);
 - `curves.png`: training curves (segmentation and fusion loss) of every run.
 Rerunning resumes: finished runs are read back, unfinished ones continue from
 their latest checkpoint.
@@ -34,6 +36,7 @@ COLUMNS = [
     "step_ms",
     "step_vs_joint",
     "step_memory_mib",
+    "hypergrad_cosine",
 ]
 
 
@@ -51,6 +54,11 @@ def _summarise(name, method, inner, run_dir) -> dict:
     rows = [r for r in read_jsonl(os.path.join(run_dir, "metrics.jsonl")) if "train/loss_seg" in r]
     rates = [r["train/steps_per_second"] for r in rows if r.get("train/steps_per_second")]
     memory = results.get("step_memory_bytes")
+    cosines = [
+        r["train/diag_hypergrad_cosine"]
+        for r in read_jsonl(os.path.join(run_dir, "metrics.jsonl"))
+        if "train/diag_hypergrad_cosine" in r
+    ]
     return {
         "run": name,
         "method": method,
@@ -60,6 +68,8 @@ def _summarise(name, method, inner, run_dir) -> dict:
         "loss_fuse": rows[-1]["train/loss_fuse"],
         "step_ms": 1e3 / float(np.median(rates)) if rates else float("nan"),
         "step_memory_mib": memory / 2**20 if memory else float("nan"),
+        # median over the run of the cosine with the reference CG hypergradient
+        "hypergrad_cosine": float(np.median(cosines)) if cosines else float("nan"),
         "curve": [(r["step"], r["train/loss_seg"], r["train/loss_fuse"]) for r in rows],
     }
 
@@ -102,7 +112,8 @@ def markdown_table(summaries) -> str:
         lines.append(
             f"| {s['run']} | {s['dice_wt']:.3f} | {s['dice_tc']:.3f} | {s['dice_et']:.3f} | "
             f"{s['loss_seg']:.4f} | {s['loss_fuse']:.4f} | {s['step_ms']:.0f} | "
-            f"{s['step_vs_joint']:.2f} | {s['step_memory_mib']:.1f} |"
+            f"{s['step_vs_joint']:.2f} | {s['step_memory_mib']:.1f} | "
+            f"{s['hypergrad_cosine']:.4f} |"
         )
     return "\n".join(lines)
 

@@ -17,6 +17,7 @@ def _config(tmp_path):
     config.optim.warmup_steps = 0
     config.train.num_steps, config.train.log_every = 4, 2
     config.train.eval_every, config.train.checkpoint_every = 100, 0
+    config.bilevel.diagnose_every = 2
     config.ablation.methods = ("joint", "unrolled")
     return config
 
@@ -32,6 +33,7 @@ def test_ablation_writes_table_csv_and_curves_and_resumes(tmp_path):
     assert float(rows[0]["step_vs_joint"]) == 1.0
     assert float(rows[1]["step_ms"]) > 0 and float(rows[1]["step_memory_mib"]) > 0
     assert all(0.0 <= float(r["dice_wt"]) <= 1.0 for r in rows)
+    assert -1.0 <= float(rows[1]["hypergrad_cosine"]) <= 1.0 + 1e-6
     table = (work / "results.md").read_text()
     assert table.count("\n") == 4 and "| unrolled-fusion |" in table
     assert (work / "curves.png").read_bytes()[:4] == b"\x89PNG"
