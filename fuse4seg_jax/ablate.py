@@ -105,9 +105,9 @@ def run_ablation(config, workdir: str) -> list[dict]:
 def markdown_table(summaries) -> str:
     head = (
         "| run | Dice WT | Dice TC | Dice ET | loss_seg | loss_fuse | step ms | vs joint "
-        "| step memory MiB |"
+        "| step memory MiB | hypergrad cosine |"
     )
-    lines = [head, "|" + " --- |" * 9]
+    lines = [head, "|" + " --- |" * 10]
     for s in summaries:
         lines.append(
             f"| {s['run']} | {s['dice_wt']:.3f} | {s['dice_tc']:.3f} | {s['dice_et']:.3f} | "

@@ -36,6 +36,7 @@ def test_ablation_writes_table_csv_and_curves_and_resumes(tmp_path):
     assert -1.0 <= float(rows[1]["hypergrad_cosine"]) <= 1.0 + 1e-6
     table = (work / "results.md").read_text()
     assert table.count("\n") == 4 and "| unrolled-fusion |" in table
+    assert all(line.count("|") == 11 for line in table.splitlines())  # 10 columns
     assert (work / "curves.png").read_bytes()[:4] == b"\x89PNG"
     # a rerun reads the finished runs back instead of training them again
     metrics = work / "joint-fusion" / "metrics.jsonl"
