@@ -86,8 +86,7 @@ def train_and_evaluate(config, workdir: str, *, stop_at: int | None = None) -> d
         f"{', '.join(config.data.modalities)} ({time.time() - t0:.1f}s)"
     )
 
-    _, _, outer_tx, inner_opt, train_fn, eval_fn = steps.make_steps(config)
-    fusion_model, seg_model = steps.build_models(config)
+    (fusion_model, seg_model), _, outer_tx, inner_opt, train_fn, eval_fn = steps.make_steps(config)
     repl, batch_sh = sharding.replicated(mesh), sharding.batch_sharding(mesh)
     state = jax.jit(
         lambda: steps.init_state(config, fusion_model, seg_model, outer_tx, inner_opt),

@@ -40,7 +40,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from fuse4seg_jax import filters
-from fuse4seg_jax.models.layers import ConvBlock, check_divisible, upsample_bilinear2x
+from fuse4seg_jax.models.layers import block_for, check_divisible, upsample_bilinear2x
 
 PRIORS = ("mean", "max", "none")
 
@@ -78,14 +78,7 @@ class FrequencyFusionNet(nn.Module):
     param_dtype: Any = jnp.float32
 
     def _block(self, features, strides=1, name=None):
-        return ConvBlock(
-            features,
-            strides=strides,
-            norm=self.norm,
-            dtype=self.dtype,
-            param_dtype=self.param_dtype,
-            name=name,
-        )
+        return block_for(self, features, strides, name)
 
     @nn.compact
     def __call__(self, x):

@@ -53,6 +53,18 @@ def make_norm(norm, features, dtype, param_dtype, name=None):
     raise ValueError(f"unknown norm {norm!r}: expected one of {NORMS}")
 
 
+def block_for(module, features, strides=1, name=None):
+    """A ConvBlock with the norm and dtypes of `module` (a model with those fields)."""
+    return ConvBlock(
+        features,
+        strides=strides,
+        norm=module.norm,
+        dtype=module.dtype,
+        param_dtype=module.param_dtype,
+        name=name,
+    )
+
+
 class ConvBlock(nn.Module):
     """Conv (kernel x kernel, zero 'same'-style padding) -> norm -> LeakyReLU(0.01).
 

@@ -17,7 +17,7 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
-from fuse4seg_jax.models.layers import ConvBlock, UpConv, check_divisible
+from fuse4seg_jax.models.layers import UpConv, block_for, check_divisible
 
 
 class UNet(nn.Module):
@@ -31,14 +31,7 @@ class UNet(nn.Module):
     param_dtype: Any = jnp.float32
 
     def _block(self, features, strides=1, name=None):
-        return ConvBlock(
-            features,
-            strides=strides,
-            norm=self.norm,
-            dtype=self.dtype,
-            param_dtype=self.param_dtype,
-            name=name,
-        )
+        return block_for(self, features, strides, name)
 
     @nn.compact
     def __call__(self, x):
