@@ -89,9 +89,10 @@ from fuse4seg_jax.hypergrad_core import UNROLL_MAX_STEPS, Hypergradient, Problem
 from fuse4seg_jax.hypergrad_implicit import implicit_cg, implicit_neumann
 from fuse4seg_jax.hypergrad_onestep import bdl, darts
 from fuse4seg_jax.hypergrad_unrolled import first_order, joint, unrolled
-from fuse4seg_jax.inner_optim import InnerOptimizer, make_inner_optimizer
+from fuse4seg_jax.inner_optim import INNER_OPTIMIZERS, InnerOptimizer, make_inner_optimizer
 
 __all__ = [
+    "INNER_OPTIMIZERS",
     "METHODS",
     "SECOND_ORDER",
     "UNROLL_MAX_STEPS",

@@ -100,6 +100,7 @@ def adam(
 
 
 _OPTIMIZERS = {"sgd": sgd, "adam": adam}
+INNER_OPTIMIZERS = tuple(_OPTIMIZERS)
 
 
 def make_inner_optimizer(name: str, learning_rate: float, **kwargs) -> InnerOptimizer:

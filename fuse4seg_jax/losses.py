@@ -13,13 +13,14 @@ import jax
 import jax.numpy as jnp
 
 from fuse4seg_jax import filters
+from fuse4seg_jax.dtypes import at_least_f32
 from fuse4seg_jax.regions import NUM_CLASSES, labels_to_regions
 
 DICE_SMOOTH = 1e-5
 
 
 def _f32(x):
-    return jnp.asarray(x, dtype=jnp.float32)
+    return at_least_f32(x)
 
 
 def _check_fusion_shapes(fused, sources):

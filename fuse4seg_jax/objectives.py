@@ -22,9 +22,8 @@ the orientation, so runs can be compared.
 
 from typing import NamedTuple
 
-import jax.numpy as jnp
-
 from fuse4seg_jax import losses
+from fuse4seg_jax.dtypes import at_least_f32
 
 ORIENTATIONS = ("fusion", "segmentation")
 
@@ -37,7 +36,7 @@ class Objectives(NamedTuple):
     fusion_loss: object  # (fused, batch) -> (L_fuse, parts)
 
 
-def _fusion_loss_fn(loss_config):
+def fusion_loss_fn(loss_config):
     def fusion_loss(fused, batch):
         return losses.fusion_loss(
             fused,
@@ -55,9 +54,9 @@ def build_fusion_only(fusion_model, loss_config) -> Objectives:
     """Objectives with the segmentation side switched off (model.segmentation = "none")."""
 
     def fuse(theta, batch):
-        return fusion_model.apply({"params": theta}, batch["modalities"]).astype(jnp.float32)
+        return at_least_f32(fusion_model.apply({"params": theta}, batch["modalities"]))
 
-    return Objectives(None, None, fuse, None, _fusion_loss_fn(loss_config))
+    return Objectives(None, None, fuse, None, fusion_loss_fn(loss_config))
 
 
 def build(fusion_model, seg_model, loss_config, bilevel_config, seg_mode="softmax") -> Objectives:
@@ -71,12 +70,12 @@ def build(fusion_model, seg_model, loss_config, bilevel_config, seg_mode="softma
         raise ValueError(f"bilevel.inner={inner!r}: expected one of {ORIENTATIONS}")
 
     def fuse(theta, batch):
-        return fusion_model.apply({"params": theta}, batch["modalities"]).astype(jnp.float32)
+        return at_least_f32(fusion_model.apply({"params": theta}, batch["modalities"]))
 
     def segment(phi, fused):
-        return seg_model.apply({"params": phi}, fused).astype(jnp.float32)
+        return at_least_f32(seg_model.apply({"params": phi}, fused))
 
-    fusion_loss = _fusion_loss_fn(loss_config)
+    fusion_loss = fusion_loss_fn(loss_config)
 
     def fusion_terms(theta, batch):
         fused = fuse(theta, batch)

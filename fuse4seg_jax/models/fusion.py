@@ -40,6 +40,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from fuse4seg_jax import filters
+from fuse4seg_jax.dtypes import at_least_f32
 from fuse4seg_jax.models.layers import block_for, check_divisible, upsample_bilinear2x
 
 PRIORS = ("mean", "max", "none")
@@ -74,6 +75,7 @@ class FrequencyFusionNet(nn.Module):
     prior: str = "mean"
     prior_eps: float = 1e-3
     norm: str = "none"
+    activation: str = "leaky_relu"  # layers.ACTIVATIONS
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
 
@@ -88,7 +90,7 @@ class FrequencyFusionNet(nn.Module):
             raise ValueError(f"unknown prior {self.prior!r}: expected one of {PRIORS}")
         _, h, w, m = x.shape
         check_divisible(h, w, 2**self.low_levels, "FrequencyFusionNet")
-        x = jnp.asarray(x, jnp.float32)
+        x = at_least_f32(x)  # the frequency split is done in >= float32
 
         base = filters.gaussian_blur(x, self.sigma)
         detail = x - base
@@ -128,7 +130,7 @@ class FrequencyFusionNet(nn.Module):
             param_dtype=self.param_dtype,
             name="head",
         )(y)
-        y = y.astype(jnp.float32)
+        y = at_least_f32(y)
 
         if self.prior == "none":
             return nn.sigmoid(y)

@@ -23,6 +23,9 @@ import jax.numpy as jnp
 
 NORMS = ("instance", "group", "none")
 LEAKY_SLOPE = 0.01  # nnU-Net's LeakyReLU slope
+# Nonlinearity after each conv block. "leaky_relu" is nnU-Net's; "gelu" is smooth (C^2),
+# for analyses that need twice-differentiable losses (the implicit function theorem).
+ACTIVATIONS = {"leaky_relu": lambda x: nn.leaky_relu(x, LEAKY_SLOPE), "gelu": nn.gelu}
 NORM_EPS = 1e-5
 
 
@@ -59,6 +62,7 @@ def block_for(module, features, strides=1, name=None):
         features,
         strides=strides,
         norm=module.norm,
+        activation=module.activation,
         dtype=module.dtype,
         param_dtype=module.param_dtype,
         name=name,
@@ -66,7 +70,7 @@ def block_for(module, features, strides=1, name=None):
 
 
 class ConvBlock(nn.Module):
-    """Conv (kernel x kernel, zero 'same'-style padding) -> norm -> LeakyReLU(0.01).
+    """Conv (kernel x kernel, zero 'same'-style padding) -> norm -> activation.
 
     (B, H, W, Cin) -> (B, H / s, W / s, features) for stride s (H, W divisible
     by s). With stride 2 this is nnU-Net's strided-conv downsampling.
@@ -77,6 +81,7 @@ class ConvBlock(nn.Module):
     strides: int = 1
     norm: str = "instance"
     act: bool = True
+    activation: str = "leaky_relu"  # a key of ACTIVATIONS
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
 
@@ -96,7 +101,7 @@ class ConvBlock(nn.Module):
         if norm is not None:
             x = norm(x)
         if self.act:
-            x = nn.leaky_relu(x, LEAKY_SLOPE)
+            x = ACTIVATIONS[self.activation](x)
         return x
 
 

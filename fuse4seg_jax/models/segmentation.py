@@ -17,6 +17,7 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
+from fuse4seg_jax.dtypes import at_least_f32
 from fuse4seg_jax.models.layers import UpConv, block_for, check_divisible
 
 
@@ -27,6 +28,7 @@ class UNet(nn.Module):
     num_classes: int = 4
     num_convs: int = 2
     norm: str = "instance"
+    activation: str = "leaky_relu"  # layers.ACTIVATIONS
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
 
@@ -64,4 +66,4 @@ class UNet(nn.Module):
         logits = nn.Conv(
             self.num_classes, (1, 1), dtype=self.dtype, param_dtype=self.param_dtype, name="head"
         )(x)
-        return logits.astype(jnp.float32)
+        return at_least_f32(logits)
