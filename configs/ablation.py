@@ -22,4 +22,5 @@ def get_config():
     config.ablation = ml_collections.ConfigDict()
     config.ablation.methods = ("joint", "first_order", "unrolled")
     config.ablation.inners = ("fusion",)
+    config.ablation.baselines = ()  # e.g. ("two_stage", "classical:laplacian"); see compare.py
     return config

@@ -39,6 +39,11 @@ def get_config():
     config.data.harvard_set = "MRI_PET"  # harvard_mif: MRI_CT | MRI_PET | MRI_SPECT
 
     config.model = ml_collections.ConfigDict()
+    # What is trained (fuse4seg_jax/baselines.py): fuse4seg (bi-level, the method below) |
+    # two_stage | classical | single | early_fusion | dual_encoder.
+    config.model.kind = "fuse4seg"
+    config.model.classical = "laplacian"  # kind=classical: mean | max | pca | laplacian
+    config.model.single_modality = "flair"  # kind=single: one of data.modalities
     config.model.fusion = "fusion_small"  # see fuse4seg_jax/models/__init__.py
     config.model.segmentation = "unet_small"  # "none" switches the segmentation side off
     config.model.seg_mode = "softmax"  # "softmax" (4 classes) or "regions" (WT/TC/ET sigmoids)
@@ -102,6 +107,7 @@ def get_config():
 
     config.train = ml_collections.ConfigDict()
     config.train.num_steps = 10_000
+    config.train.fusion_steps = 0  # model.kind=two_stage: stage-1 steps (0 = num_steps // 2)
     config.train.batch_size = 16  # global batch, split across devices on the `data` axis
     config.train.log_every = 50
     config.train.eval_every = 1000

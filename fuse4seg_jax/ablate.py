@@ -1,16 +1,23 @@
-"""Ablation runner: every listed bi-level method, same data, seed and budget, one table.
+"""Ablation and comparison runner: many runs, same data, seed and budget, one table.
 
     python -m fuse4seg_jax.ablate --config configs/ablation.py --workdir runs/ablation
+    python -m fuse4seg_jax.ablate --config configs/compare.py --workdir runs/compare
 
-For each method in `config.ablation.methods` and orientation in
-`config.ablation.inners` it trains a run in `<workdir>/<method>-<inner>/` with
-`trainer.train_and_evaluate` (so each run checkpoints and resumes on its own),
-then writes to the workdir:
-- `results.csv` and `results.md`: per run, held-out Dice per region, final
-  train losses, median step time (ms, compilation excluded) and its ratio to
+Runs, in order:
+- every bi-level method in `config.ablation.methods` for every orientation in
+  `config.ablation.inners`, in `<workdir>/<method>-<inner>/`;
+- every baseline in `config.ablation.baselines` (baselines.py), in
+  `<workdir>/<baseline>/`: "two_stage", "early_fusion", "dual_encoder",
+  "classical:<mean|max|pca|laplacian>", "single:<modality>".
+Each is an ordinary `trainer.train_and_evaluate` run (so it checkpoints and
+resumes on its own). Then the workdir gets:
+- `results.csv` and `results.md`: per run, held-out Dice per region (per
+  3D case, mean over cases), the fusion metrics of its held-out fused images
+  (`mmif` convention, mean over images; none for feature-level baselines),
+  median step time (ms; compilation and diagnostics excluded) and its ratio to
   `joint`, the compiled step's memory (XLA's estimate per device), and the
   median cosine of its hypergradient with a reference CG hypergradient
-  (`bilevel.diagnose_every`; for `joint` the cosine of its outer gradient);
+  (`bilevel.diagnose_every`; bi-level runs only);
 - `curves.png`: training curves (segmentation and fusion loss) of every run.
 Rerunning resumes: finished runs are read back, unfinished ones continue from
 their latest checkpoint.
@@ -26,11 +33,13 @@ import numpy as np
 from fuse4seg_jax.metric_writer import read_jsonl
 from fuse4seg_jax.regions import REGION_NAMES
 
+FUSION_COLUMNS = ("EN", "SD", "SF", "AG", "MI", "SCD", "VIF", "Qabf", "SSIM")
 COLUMNS = [
     "run",
     "method",
     "inner",
     *[f"dice_{r}" for r in REGION_NAMES],
+    *FUSION_COLUMNS,
     "loss_seg",
     "loss_fuse",
     "step_ms",
@@ -38,6 +47,31 @@ COLUMNS = [
     "step_memory_mib",
     "hypergrad_cosine",
 ]
+BASELINES = ("two_stage", "early_fusion", "dual_encoder", "classical", "single")
+
+
+def baseline_overrides(spec: str) -> dict:
+    """config.model overrides of a baseline spec such as "classical:pca" or "single:flair"."""
+    kind, _, option = spec.partition(":")
+    if kind not in BASELINES or (kind in ("classical", "single")) != bool(option):
+        raise ValueError(
+            f"ablation.baselines entry {spec!r}: expected one of two_stage, early_fusion, "
+            "dual_encoder, classical:<method>, single:<modality>"
+        )
+    extra = {"classical": {"classical": option}, "single": {"single_modality": option}}
+    return {"kind": kind, **extra.get(kind, {})}
+
+
+def planned_runs(config) -> list[tuple[str, str, str, dict]]:
+    """(name, method, inner, model overrides) of every run, in table order."""
+    runs = [
+        (f"{method}-{inner}", method, inner, {})
+        for inner in config.ablation.inners
+        for method in config.ablation.methods
+    ]
+    for spec in config.ablation.get("baselines", ()):
+        runs.append((spec.replace(":", "-"), spec, "-", baseline_overrides(spec)))
+    return runs
 
 
 def _finished(run_dir, num_steps) -> bool:
@@ -52,6 +86,7 @@ def _summarise(name, method, inner, run_dir) -> dict:
     with open(os.path.join(run_dir, "results.json")) as f:
         results = json.load(f)
     rows = [r for r in read_jsonl(os.path.join(run_dir, "metrics.jsonl")) if "train/loss_seg" in r]
+    fusion = results.get("fusion_metrics") or {}
     rates = [r["train/steps_per_second"] for r in rows if r.get("train/steps_per_second")]
     memory = results.get("step_memory_bytes")
     cosines = [
@@ -64,13 +99,16 @@ def _summarise(name, method, inner, run_dir) -> dict:
         "method": method,
         "inner": inner,
         **{f"dice_{r}": results["dice_mean"][r] for r in REGION_NAMES},
+        **{k: fusion.get(k, float("nan")) for k in FUSION_COLUMNS},
         "loss_seg": rows[-1]["train/loss_seg"],
-        "loss_fuse": rows[-1]["train/loss_fuse"],
+        "loss_fuse": rows[-1].get("train/loss_fuse", float("nan")),
         "step_ms": 1e3 / float(np.median(rates)) if rates else float("nan"),
         "step_memory_mib": memory / 2**20 if memory else float("nan"),
         # median over the run of the cosine with the reference CG hypergradient
         "hypergrad_cosine": float(np.median(cosines)) if cosines else float("nan"),
-        "curve": [(r["step"], r["train/loss_seg"], r["train/loss_fuse"]) for r in rows],
+        "curve": [
+            (r["step"], r["train/loss_seg"], r.get("train/loss_fuse", float("nan"))) for r in rows
+        ],
     }
 
 
@@ -79,21 +117,24 @@ def run_ablation(config, workdir: str) -> list[dict]:
     from fuse4seg_jax import report, trainer
 
     summaries = []
-    for inner in config.ablation.inners:
-        for method in config.ablation.methods:
-            name = f"{method}-{inner}"
-            run_dir = os.path.join(workdir, name)
-            run_config = copy.deepcopy(config)
+    runs = planned_runs(config)
+    for i, (name, method, inner, model) in enumerate(runs, 1):
+        run_dir = os.path.join(workdir, name)
+        run_config = copy.deepcopy(config)
+        if model:
+            run_config.model.update(model)
+        else:
             run_config.bilevel.method, run_config.bilevel.inner = method, inner
-            if _finished(run_dir, config.train.num_steps):
-                trainer.log(f"== {name}: finished earlier, reading {run_dir}")
-            else:
-                trainer.log(f"== {name}: training in {run_dir}")
-                trainer.train_and_evaluate(run_config, run_dir)
-            summaries.append(_summarise(name, method, inner, run_dir))
+        if _finished(run_dir, config.train.num_steps):
+            trainer.log(f"== [{i}/{len(runs)}] {name}: finished earlier, reading {run_dir}")
+        else:
+            trainer.log(f"== [{i}/{len(runs)}] {name}: training in {run_dir}")
+            trainer.train_and_evaluate(run_config, run_dir)
+        summaries.append(_summarise(name, method, inner, run_dir))
     joint = {s["inner"]: s["step_ms"] for s in summaries if s["method"] == "joint"}
-    for s in summaries:
-        s["step_vs_joint"] = s["step_ms"] / joint[s["inner"]] if s["inner"] in joint else np.nan
+    reference = joint.get("fusion", next(iter(joint.values()), np.nan))
+    for s in summaries:  # baselines are compared with the default orientation's joint step
+        s["step_vs_joint"] = s["step_ms"] / joint.get(s["inner"], reference)
     _write_csv(os.path.join(workdir, "results.csv"), summaries, report)
     table = markdown_table(summaries)
     report.write_text(os.path.join(workdir, "results.md"), table + "\n")
@@ -102,19 +143,29 @@ def run_ablation(config, workdir: str) -> list[dict]:
     return summaries
 
 
+def _cell(value, fmt):
+    return "-" if value is None or not np.isfinite(value) else format(value, fmt)
+
+
 def markdown_table(summaries) -> str:
-    head = (
-        "| run | Dice WT | Dice TC | Dice ET | loss_seg | loss_fuse | step ms | vs joint "
-        "| step memory MiB | hypergrad cosine |"
-    )
-    lines = [head, "|" + " --- |" * 10]
+    """One row per run; columns without a value in any run (e.g. fusion metrics of a
+    comparison of feature-level models only) are left out."""
+    columns = [
+        ("run", "run", None),
+        *[(f"Dice {r.upper()}", f"dice_{r}", ".3f") for r in REGION_NAMES],
+        *[(k, k, ".3f") for k in FUSION_COLUMNS],
+        ("loss_seg", "loss_seg", ".4f"),
+        ("loss_fuse", "loss_fuse", ".4f"),
+        ("step ms", "step_ms", ".0f"),
+        ("vs joint", "step_vs_joint", ".2f"),
+        ("step memory MiB", "step_memory_mib", ".1f"),
+        ("hypergrad cosine", "hypergrad_cosine", ".4f"),
+    ]
+    columns = [c for c in columns if c[2] is None or any(np.isfinite(s[c[1]]) for s in summaries)]
+    lines = ["| " + " | ".join(c[0] for c in columns) + " |", "|" + " --- |" * len(columns)]
     for s in summaries:
-        lines.append(
-            f"| {s['run']} | {s['dice_wt']:.3f} | {s['dice_tc']:.3f} | {s['dice_et']:.3f} | "
-            f"{s['loss_seg']:.4f} | {s['loss_fuse']:.4f} | {s['step_ms']:.0f} | "
-            f"{s['step_vs_joint']:.2f} | {s['step_memory_mib']:.1f} | "
-            f"{s['hypergrad_cosine']:.4f} |"
-        )
+        cells = [s[key] if fmt is None else _cell(s[key], fmt) for _, key, fmt in columns]
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 

@@ -1,6 +1,6 @@
 """Checks a config before anything expensive runs; each error names the key and the problem."""
 
-from fuse4seg_jax import bilevel, objectives, steps
+from fuse4seg_jax import baselines, bilevel, objectives, steps
 from fuse4seg_jax.data import sources
 
 MODALITY_NAMES = ("t1", "t1ce", "t2", "flair")
@@ -54,6 +54,8 @@ def validate(config, num_devices: int):
             f"expected distinct names from {MODALITY_NAMES}",
         )
     need(config.data.image_size >= 16, "data.image_size", "must be at least 16")
+    _validate_kind(config, need)
+    _validate_method_options(config, need)
     need(
         config.bilevel.inner in objectives.ORIENTATIONS,
         "bilevel.inner",
@@ -80,7 +82,11 @@ def validate(config, num_devices: int):
         "model.seg_mode",
         "expected 'softmax' or 'regions'",
     )
-    halves = config.bilevel.batch_split == "halves" and config.model.segmentation != "none"
+    halves = (
+        config.bilevel.batch_split == "halves"
+        and config.model.segmentation != "none"
+        and steps.bilevel_kind(config)
+    )
     rows = 2 * num_devices if halves else num_devices
     need(
         config.train.batch_size % rows == 0,
@@ -96,6 +102,72 @@ def validate(config, num_devices: int):
         "train.checkpoint_every",
         "must be >= 0 (0 = only at the end)",
     )
+
+
+def _validate_kind(config, need):
+    kind = baselines.kind_of(config)
+    need(kind in baselines.KINDS, "model.kind", f"expected one of {baselines.KINDS}")
+    if kind != "fuse4seg":
+        need(
+            config.model.segmentation != "none",
+            "model.segmentation",
+            f"model.kind={kind!r} trains a segmentation network: name one",
+        )
+    if kind == "classical":
+        from fuse4seg_jax import classical
+
+        need(
+            config.model.classical in classical.METHODS,
+            "model.classical",
+            f"expected one of {tuple(classical.METHODS)}",
+        )
+    if kind == "single":
+        need(
+            config.model.single_modality in tuple(config.data.modalities),
+            "model.single_modality",
+            f"expected one of data.modalities {tuple(config.data.modalities)}",
+        )
+    if kind == "two_stage":
+        need(
+            0 <= config.train.fusion_steps <= config.train.num_steps,
+            "train.fusion_steps",
+            "must be between 0 (= num_steps // 2) and train.num_steps",
+        )
+
+
+def _validate_method_options(config, need):
+    """The options of the configured hypergradient method (and the diagnostics)."""
+    b = config.bilevel
+    method = b.method
+    need(b.inner_lr > 0, "bilevel.inner_lr", "must be positive")
+    need(
+        b.inner_optimizer in bilevel.INNER_OPTIMIZERS,
+        "bilevel.inner_optimizer",
+        f"expected one of {bilevel.INNER_OPTIMIZERS}",
+    )
+    need(0 <= b.inner_momentum < 1, "bilevel.inner_momentum", "must be in [0, 1)")
+    if method == "unrolled":
+        need(
+            b.truncate_steps == 0 or b.truncate_steps >= b.inner_steps,
+            "bilevel.truncate_steps",
+            f"must be 0 (off) or at least bilevel.inner_steps={b.inner_steps}",
+        )
+    if method == "implicit_cg":
+        need(b.cg_steps >= 1, "bilevel.cg_steps", "must be at least 1")
+        need(b.cg_damping >= 0, "bilevel.cg_damping", "must be non-negative")
+    if method == "implicit_neumann":
+        need(b.neumann_steps >= 1, "bilevel.neumann_steps", "must be at least 1")
+        need(b.neumann_alpha > 0, "bilevel.neumann_alpha", "must be positive (< 2/lambda_max)")
+    if method == "darts":
+        need(b.darts_xi > 0, "bilevel.darts_xi", "must be positive")
+    if method == "bdl":
+        need(b.bdl_eps >= 0, "bilevel.bdl_eps", "must be non-negative")
+    need(b.diagnose_every >= 0, "bilevel.diagnose_every", "must be >= 0 (0 = off)")
+    if b.diagnose_every:
+        need(b.diagnose_cg_steps >= 1, "bilevel.diagnose_cg_steps", "must be at least 1")
+        need(b.diagnose_damping >= 0, "bilevel.diagnose_damping", "must be non-negative")
+    for key in ("mu", "beta"):
+        need(b[key] >= 0, f"bilevel.{key}", "must be non-negative")
 
 
 def config_value(config, dotted: str):

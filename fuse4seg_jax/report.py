@@ -55,7 +55,8 @@ def pick_slices(labels, case_ids, num_cases: int):
 def save_figure(path, modalities, fused, labels, preds, modality_names, titles=None):
     """Grid figure: one row per example.
 
-    modalities (N, H, W, M) float in [0,1]; fused (N, H, W) in [0,1];
+    modalities (N, H, W, M) float in [0,1]; fused (N, H, W) in [0,1], or None
+    (feature-level models: no fused column, overlays on the first modality);
     labels and preds (N, H, W) int in 0..3; titles: optional row titles.
     """
     import matplotlib
@@ -63,12 +64,14 @@ def save_figure(path, modalities, fused, labels, preds, modality_names, titles=N
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    n, m = len(fused), modalities.shape[-1]
-    cols = [*[name.upper() for name in modality_names], "fused", "ground truth", "prediction"]
+    n, m = len(labels), modalities.shape[-1]
+    fused_cols = [] if fused is None else ["fused"]
+    cols = [*[name.upper() for name in modality_names], *fused_cols, "ground truth", "prediction"]
     fig, axes = plt.subplots(n, len(cols), figsize=(2.2 * len(cols), 2.3 * n), squeeze=False)
     for i in range(n):
-        images = [modalities[i, ..., j] for j in range(m)] + [fused[i]] * 3
-        overlays = [None] * (m + 1) + [labels[i], preds[i]]
+        under = modalities[i, ..., 0] if fused is None else fused[i]
+        images = [modalities[i, ..., j] for j in range(m)] + [under] * (len(fused_cols) + 2)
+        overlays = [None] * (m + len(fused_cols)) + [labels[i], preds[i]]
         for j, (image, overlay) in enumerate(zip(images, overlays, strict=True)):
             ax = axes[i, j]
             ax.imshow(image, cmap="gray", vmin=0, vmax=1, interpolation="nearest")

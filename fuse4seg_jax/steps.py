@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from fuse4seg_jax import bilevel, objectives, regions
+from fuse4seg_jax import baselines, bilevel, objectives, regions
 from fuse4seg_jax.models import get_fusion_model, get_segmentation_model
 from fuse4seg_jax.state import NetState, TrainState
 
@@ -30,13 +30,20 @@ def fusion_only(config) -> bool:
     return config.model.segmentation == "none"
 
 
+def bilevel_kind(config) -> bool:
+    """True for Fuse4Seg itself (the bi-level steps here); False for the baselines."""
+    return baselines.kind_of(config) == "fuse4seg"
+
+
 def build_models(config):
-    """(fusion_model, seg_model) named in config.model; seg_model is None when fusion-only."""
-    fusion = get_fusion_model(config.model.fusion)
+    """(fusion_model, seg_model) named in config.model; seg_model is None when fusion-only,
+    fusion_model None for baselines without a trained fusion network."""
+    kind = baselines.kind_of(config)
+    fusion = get_fusion_model(config.model.fusion) if kind in baselines.TRAINED_FUSION else None
     if fusion_only(config):
         return fusion, None
     num_out = 4 if config.model.seg_mode == "softmax" else 3
-    seg = get_segmentation_model(config.model.segmentation, num_classes=num_out)
+    seg = get_segmentation_model(baselines.seg_model_name(config), num_classes=num_out)
     return fusion, seg
 
 
@@ -75,7 +82,11 @@ def make_inner_optimizer(bilevel_config) -> bilevel.InnerOptimizer:
 
 
 def init_state(config, fusion_model, seg_model, outer_tx, inner_opt) -> TrainState:
-    """A fresh TrainState: both networks initialised from config.seed."""
+    """A fresh TrainState: both networks initialised from config.seed.
+
+    For the baselines `outer_tx` is the (fusion_tx, seg_tx) pair of make_steps."""
+    if not bilevel_kind(config):
+        return baselines.init_state(config, fusion_model, seg_model, outer_tx)
     rng = jax.random.PRNGKey(config.seed)
     k_fuse, k_seg, k_state = jax.random.split(rng, 3)
     size = config.data.image_size
@@ -218,8 +229,17 @@ def fusion_eval_step(state: TrainState, batch: dict, *, objs):
 
 
 def make_steps(config):
-    """(models, objectives, outer_tx, inner_opt, train_step, eval_step) bound to `config`."""
+    """(models, objectives, outer_tx, inner_opt, train_step, eval_step) bound to `config`.
+
+    Baselines (model.kind != "fuse4seg", baselines.py) return their Pipeline in place of
+    the objectives and the (fusion_tx, seg_tx) pair in place of outer_tx; inner_opt None."""
     fusion_model, seg_model = build_models(config)
+    if not bilevel_kind(config) and seg_model is not None:
+        pipe = baselines.build(config, fusion_model, seg_model)
+        txs = baselines.make_optimizers(config, make_outer_optimizer)
+        train = baselines.make_train_step(config, pipe, txs)
+        evaluate = functools.partial(baselines.eval_step, pipe=pipe, seg_mode=config.model.seg_mode)
+        return (fusion_model, seg_model), pipe, txs, None, train, evaluate
     if seg_model is None:
         objs = objectives.build_fusion_only(fusion_model, config.loss)
         outer_tx = make_outer_optimizer(config.optim, config.train.num_steps)

@@ -45,13 +45,16 @@ def main(argv, work=None):
     jax.config.update("jax_compilation_cache_dir", cache)
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
 
-    from fuse4seg_jax import trainer  # after jax.distributed and the cache set-up
+    from fuse4seg_jax import preemption, trainer  # after jax.distributed and the cache set-up
     from fuse4seg_jax.config_validation import ConfigError
 
     try:
         (work or trainer.train_and_evaluate)(FLAGS.config, FLAGS.workdir)
     except (ConfigError, trainer.NonFiniteLossError) as e:
         sys.exit(f"error: {e}")
+    except preemption.Preempted as e:
+        print(e, file=sys.stderr, flush=True)
+        sys.exit(preemption.EXIT_PREEMPTED)
 
 
 def run(argv=None, work=None):

@@ -15,7 +15,7 @@ import time
 import jax
 import numpy as np
 
-from fuse4seg_jax import report, sharding, steps
+from fuse4seg_jax import baselines, preemption, report, sharding, steps
 from fuse4seg_jax.checkpointing import Checkpointer
 from fuse4seg_jax.config_validation import validate
 from fuse4seg_jax.data import pipeline, sources
@@ -94,16 +94,7 @@ def train_and_evaluate(config, workdir: str, *, stop_at: int | None = None) -> d
     )()
     n_fuse = sum(x.size for x in jax.tree.leaves(state.fusion.params))
     n_seg = sum(x.size for x in jax.tree.leaves(state.seg.params))  # 0 when fusion-only
-    training = (
-        "fusion only (L_fuse, optax)"
-        if steps.fusion_only(config)
-        else f"bi-level: inner={config.bilevel.inner}, method={config.bilevel.method}, "
-        f"inner_steps={config.bilevel.inner_steps}"
-    )
-    log(
-        f"networks: fusion {config.model.fusion} ({n_fuse:,} params), segmentation "
-        f"{config.model.segmentation} ({n_seg:,} params); {training}"
-    )
+    log(f"networks: {_describe(config, n_fuse, n_seg)}")
 
     ckpt = Checkpointer(
         workdir, every=config.train.checkpoint_every, keep=config.train.keep_checkpoints
@@ -127,7 +118,8 @@ def train_and_evaluate(config, workdir: str, *, stop_at: int | None = None) -> d
     )
     p_eval = jax.jit(eval_fn, in_shardings=(repl, batch_sh), out_shardings=batch_sh)
     sync_each_step = sharding.needs_sync_every_step(mesh)
-    diagnose_every = 0 if steps.fusion_only(config) else config.bilevel.diagnose_every
+    bilevel_run = steps.bilevel_kind(config) and not steps.fusion_only(config)
+    diagnose_every = config.bilevel.diagnose_every if bilevel_run else 0
     p_diagnose = None
     if diagnose_every:
         p_diagnose = jax.jit(
@@ -153,62 +145,77 @@ def train_and_evaluate(config, workdir: str, *, stop_at: int | None = None) -> d
 
     window, timed, window_start = [], 0, time.time()
     loop_start, first_step_time, step_fn, step_memory = time.time(), None, None, None
-    for step in range(start + 1, num_steps + 1):
-        batch = sharding.shard_batch(next(batches), mesh)
-        if step_fn is None:  # compile ahead of time once: exposes the step's memory use and
-            step_fn = p_train.lower(state, batch).compile()  # can never silently recompile
-            step_memory = _memory_bytes(step_fn)
-            if step_memory:
-                log(f"train step memory (XLA estimate, per device): {step_memory / 2**20:.1f} MiB")
-        if p_diagnose is not None and step % diagnose_every == 0:  # before the step: its
-            diag = jax.device_get(p_diagnose(state, batch))  # input state is donated
-            writer.write(step, {f"train/diag_{k}": float(v) for k, v in diag.items()})
-        state, metrics = step_fn(state, batch)
-        if sync_each_step:
-            jax.block_until_ready(metrics)
-        window.append(metrics)
-        if first_step_time is None:  # the first step includes compilation: time it apart
-            jax.block_until_ready(metrics)
-            first_step_time = time.time() - loop_start
-            log(f"compiled and ran the first train step in {first_step_time:.1f}s")
-            window_start = time.time()
-        else:
-            timed += 1
-        if step % config.train.log_every == 0 or step == num_steps:
-            values = jax.device_get(window)
-            means = {k: float(np.mean([v[k] for v in values])) for k in values[0]}
-            bad = [k for k, v in means.items() if not np.isfinite(v)]
-            if bad:
-                raise NonFiniteLossError(
-                    f"non-finite {', '.join(bad)} at step {step}: stopping (last checkpoint: "
-                    f"{ckpt.latest_step()}); try a lower optim.learning_rate or bilevel.inner_lr"
+    with preemption.StopSignal() as stopper:  # SIGTERM/SIGINT: checkpoint, then stop
+        for step in range(start + 1, num_steps + 1):
+            batch = sharding.shard_batch(next(batches), mesh)
+            if step_fn is None:  # compile ahead of time once: exposes the step's memory use and
+                step_fn = p_train.lower(state, batch).compile()  # can never silently recompile
+                step_memory = _memory_bytes(step_fn)
+                if step_memory:
+                    mib = step_memory / 2**20
+                    log(f"train step memory (XLA estimate, per device): {mib:.1f} MiB")
+            if p_diagnose is not None and step % diagnose_every == 0:  # before the step: its
+                jax.block_until_ready(state)  # input state is donated. Not counted in steps/s:
+                diag_start = time.time()
+                diag = jax.device_get(p_diagnose(state, batch))
+                writer.write(step, {f"train/diag_{k}": float(v) for k, v in diag.items()})
+                window_start += time.time() - diag_start
+            state, metrics = step_fn(state, batch)
+            if sync_each_step:
+                jax.block_until_ready(metrics)
+            window.append(metrics)
+            if first_step_time is None:  # the first step includes compilation: time it apart
+                jax.block_until_ready(metrics)
+                first_step_time = time.time() - loop_start
+                log(f"compiled and ran the first train step in {first_step_time:.1f}s")
+                window_start = time.time()
+            else:
+                timed += 1
+            if step % config.train.log_every == 0 or step == num_steps:
+                values = jax.device_get(window)
+                means = {k: float(np.mean([v[k] for v in values])) for k in values[0]}
+                bad = [k for k, v in means.items() if not np.isfinite(v)]
+                if bad:
+                    raise NonFiniteLossError(
+                        f"non-finite {', '.join(bad)} at step {step}: stopping (last "
+                        f"checkpoint: {ckpt.latest_step()}); try a lower optim.learning_rate "
+                        "or bilevel.inner_lr"
+                    )
+                elapsed = time.time() - window_start
+                rate = max(timed, 1) / max(elapsed, 1e-9)
+                writer.write(
+                    step,
+                    {f"train/{k}": v for k, v in means.items()} | {"train/steps_per_second": rate},
                 )
-            elapsed = time.time() - window_start
-            rate = max(timed, 1) / max(elapsed, 1e-9)
-            writer.write(
-                step, {f"train/{k}": v for k, v in means.items()} | {"train/steps_per_second": rate}
-            )
-            losses = " ".join(
-                f"{k} {means[k]:.4f}" for k in ("loss_seg", "loss_fuse") if k in means
-            )
-            log(
-                f"step {step:>6}/{num_steps} | {losses} | {rate:.2f} steps/s | "
-                f"ETA {_eta((num_steps - step) / rate)}"
-            )
-            window, timed, window_start = [], 0, time.time()
-        if step % config.train.eval_every == 0 and step != num_steps:
-            scores = evaluate(p_eval, state, eval_examples, mesh, config.train.eval_batch_size)[
-                "scores"
-            ]
-            writer.write(step, {f"eval/{k}": v for k, v in scores.items()})
-            log("eval " + " ".join(f"{k} {v:.4f}" for k, v in scores.items()))
-        ckpt.save(step, state, meta(step))
-        if stop_at is not None and step >= stop_at:
-            ckpt.save(step, state, meta(step), force=True)
-            ckpt.close()
-            writer.close()
-            log(f"stopped at step {step} as asked; rerun to resume")
-            return None
+                losses = " ".join(
+                    f"{k} {means[k]:.4f}" for k in ("loss_seg", "loss_fuse") if k in means
+                )
+                log(
+                    f"step {step:>6}/{num_steps} | {losses} | {rate:.2f} steps/s | "
+                    f"ETA {_eta((num_steps - step) / rate)}"
+                )
+                window, timed, window_start = [], 0, time.time()
+            if step % config.train.eval_every == 0 and step != num_steps:
+                scores = evaluate(p_eval, state, eval_examples, mesh, config.train.eval_batch_size)[
+                    "scores"
+                ]
+                writer.write(step, {f"eval/{k}": v for k, v in scores.items()})
+                log("eval " + " ".join(f"{k} {v:.4f}" for k, v in scores.items()))
+            ckpt.save(step, state, meta(step))
+            if stopper.should_stop():
+                ckpt.save(step, state, meta(step), force=True)
+                ckpt.close()
+                writer.close()
+                raise preemption.Preempted(
+                    f"stopped by {stopper.received} after step {step}: checkpoint saved in "
+                    f"{ckpt.directory}; rerun the same command to resume"
+                )
+            if stop_at is not None and step >= stop_at:
+                ckpt.save(step, state, meta(step), force=True)
+                ckpt.close()
+                writer.close()
+                log(f"stopped at step {step} as asked; rerun to resume")
+                return None
 
     ckpt.save(num_steps, state, meta(num_steps), force=True)
     ckpt.close()
@@ -223,25 +230,52 @@ def train_and_evaluate(config, workdir: str, *, stop_at: int | None = None) -> d
         return _finish_fusion_only(config, workdir, eval_examples, result, run_stats)
     dice = {r: result["scores"][f"dice_{r}"] for r in REGION_NAMES}
     result["dice"] = dice
-    contrast = visibility.contrast_table(
-        eval_examples["modalities"],
-        result["fused"],
-        eval_examples["label"],
-        eval_examples["mask"],
-        config.data.modalities,
-    )
+    contrast = None
+    if "fused" in result:  # feature-level baselines have no fused image
+        contrast = visibility.contrast_table(
+            eval_examples["modalities"],
+            result["fused"],
+            eval_examples["label"],
+            eval_examples["mask"],
+            config.data.modalities,
+        )
     if jax.process_index() == 0:
         _write_final_report(config, workdir, eval_examples, result, contrast, run_stats)
-    log(
-        "tumour-part contrast on held-out slices (contrast-to-noise ratio):\n"
-        + visibility.format_table(contrast)
-    )
+    if contrast is not None:
+        log(
+            "tumour-part contrast on held-out slices (contrast-to-noise ratio):\n"
+            + visibility.format_table(contrast)
+        )
     log(
         f"held-out Dice over {len(result['per_case'])} cases: "
         + ", ".join(f"{r.upper()} {dice[r]:.3f}" for r in REGION_NAMES)
         + f"\nwrote {workdir}/results.json, {workdir}/figure.png, {workdir}/metrics.jsonl"
     )
     return dice
+
+
+def _describe(config, n_fuse: int, n_seg: int) -> str:
+    """One line: which networks (with parameter counts) and how they are trained."""
+    kind = baselines.kind_of(config)
+    seg = f"segmentation {baselines.seg_model_name(config)} ({n_seg:,} params)"
+    fusion = f"fusion {config.model.fusion} ({n_fuse:,} params)"
+    if steps.fusion_only(config):
+        return f"{fusion}; fusion only (L_fuse, optax)"
+    if kind == "fuse4seg":
+        b = config.bilevel
+        return (
+            f"{fusion}, {seg}; bi-level: inner={b.inner}, method={b.method}, "
+            f"inner_steps={b.inner_steps}"
+        )
+    how = {
+        "two_stage": f"{fusion}, {seg}; two_stage: fusion alone for "
+        f"{baselines.fusion_steps(config)} steps, then frozen",
+        "classical": f"classical fusion '{config.model.classical}', {seg}",
+        "single": f"single modality '{config.model.single_modality}', {seg}",
+        "early_fusion": f"feature-level early fusion: {seg} on all modalities",
+        "dual_encoder": f"feature-level dual-encoder {seg}",
+    }
+    return f"baseline {kind}: {how[kind]}"
 
 
 def _finish_fusion_only(config, workdir, examples, result, run_stats):
@@ -302,7 +336,7 @@ def _write_final_report(config, workdir, examples, result, contrast, run_stats):
     report.save_figure(
         f"{workdir}/figure.png",
         examples["modalities"][chosen],
-        result["fused"][chosen],
+        result["fused"][chosen] if "fused" in result else None,
         examples["label"][chosen],
         result["pred"][chosen],
         config.data.modalities,

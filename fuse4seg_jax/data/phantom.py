@@ -48,6 +48,7 @@ __all__ = ["MODALITIES", "CONTRAST", "make_case", "make_slices", "make_dataset",
 __all__ += ["write_brats_case"]
 
 MODALITIES = ("t1", "t1ce", "t2", "flair")
+FOV_MM = 200.0  # default field of view: pixels are FOV_MM / image_size mm wide
 TISSUES = ("csf", "gm", "deep_gm", "wm", "oedema", "enhancing", "necrosis")
 _CSF, _GM, _DGM, _WM, _ED, _ET, _NCR = range(len(TISSUES))
 
@@ -336,7 +337,7 @@ def make_slices(
     num_slices: int,
     image_size: int = 64,
     modalities=("t1ce", "flair"),
-    fov_mm: float = 200.0,
+    fov_mm: float = FOV_MM,
 ):
     """Axial slices of one subject (the subject of `make_case(seed)`) through its tumour.
 

@@ -32,8 +32,15 @@ def load(data_config, seed: int):
         raise ValueError(f"data.name={data_config.name!r}: expected one of {DATASETS}")
     if data_config.num_eval_cases < 1:
         raise ValueError("data.num_eval_cases must be at least 1")
+    from fuse4seg_jax.data.phantom import FOV_MM
+
     builder = prepared_builder(data_config, seed)
-    return _read(builder, "train", None), _read(builder, "validation", None)
+    train, held_out = _read(builder, "train", None), _read(builder, "validation", None)
+    for part in (train, held_out):  # square pixels of FOV_MM / image_size mm
+        part["spacing"] = np.full(
+            (len(part["label"]), 2), FOV_MM / data_config.image_size, np.float32
+        )
+    return train, held_out
 
 
 def prepared_builder(data_config, seed: int):
@@ -90,7 +97,10 @@ def _read(builder, split: str, crop):
         raise DataError(builder.data_dir, f"the {split!r} split is empty")
     rows.sort(key=lambda r: (r["case_id"], r["slice_index"]))
     case_ids = [r["case_id"] for r in rows]
-    return {
+    extra = {}
+    if "spacing" in rows[0]:  # BraTS-Fuse: in-plane voxel size in mm
+        extra["spacing"] = np.stack([r["spacing"] for r in rows]).astype(np.float32)
+    return extra | {
         "modalities": _centre_crop(np.stack([r["modalities"] for r in rows]), crop),
         "label": _centre_crop(np.stack([r["label"] for r in rows]).astype(np.int32), crop),
         "mask": _centre_crop(np.stack([r["mask"] for r in rows]).astype(np.float32), crop),

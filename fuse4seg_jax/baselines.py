@@ -1,0 +1,207 @@
+"""The baselines Fuse4Seg is measured against, from the same code, data and budget.
+
+`config.model.kind` chooses what is trained (METHOD.md section 6):
+
+- "fuse4seg" (default): image-level fusion, the two networks coupled by the
+  bi-level method `config.bilevel.method` (steps.py; `joint` is there too).
+- "two_stage": image-level without coupling. Stage 1 trains the fusion
+  network alone on L_fuse for `train.fusion_steps` steps (0 = half of
+  `train.num_steps`); stage 2 freezes it and trains the segmentation network
+  on its output. One compiled step switches stage on the state's step count
+  (`lax.cond`), so checkpoints and resume behave as for any other run.
+- "classical": a fixed classical fusion (`model.classical`: mean, max, pca,
+  laplacian; fuse4seg_jax/classical.py), then the same segmentation network.
+- "single": one modality only (`model.single_modality`), same network.
+- "early_fusion": feature-level; the U-Net `model.segmentation` takes all M
+  modalities as input channels. No fused image exists.
+- "dual_encoder": feature-level; one encoder per modality merged at every
+  level (`dual_` + `model.segmentation`, models/feature_level.py).
+
+Each optimised network has its own optax state (the `optim` settings, with
+the schedule spanning that network's own number of steps). Every step
+reports `loss_seg` and, when a fused image exists, `loss_fuse` of the
+current fused image (for the frozen side a forward-only monitor), so curves
+compare across kinds.
+"""
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from fuse4seg_jax import losses, objectives, regions
+from fuse4seg_jax.dtypes import at_least_f32
+from fuse4seg_jax.state import NetState, TrainState
+
+KINDS = ("fuse4seg", "two_stage", "classical", "single", "early_fusion", "dual_encoder")
+FEATURE_LEVEL = ("early_fusion", "dual_encoder")
+TRAINED_FUSION = ("fuse4seg", "two_stage")
+
+
+def kind_of(config) -> str:
+    return config.model.get("kind", "fuse4seg")
+
+
+def fusion_steps(config) -> int:
+    """two_stage: the number of stage-1 (fusion-only) steps."""
+    n = config.train.get("fusion_steps", 0)
+    return n if n > 0 else config.train.num_steps // 2
+
+
+def seg_model_name(config) -> str:
+    prefix = "dual_" if kind_of(config) == "dual_encoder" else ""
+    return prefix + config.model.segmentation
+
+
+def seg_input_channels(config) -> int:
+    return len(config.data.modalities) if kind_of(config) in FEATURE_LEVEL else 1
+
+
+class Pipeline(NamedTuple):
+    fuse: object  # (theta, batch) -> fused (B, H, W, 1) in [0, 1]; None for feature-level
+    seg_input: object  # (theta, batch) -> the segmentation network's input
+    segment: object  # (phi, x) -> logits (B, H, W, C) float32
+    fusion_loss: object  # (fused, batch) -> (L_fuse, parts)
+    seg_loss: object  # (logits, batch) -> (L_seg, parts)
+
+
+def build(config, fusion_model, seg_model) -> Pipeline:
+    kind = kind_of(config)
+    if kind == "two_stage":
+
+        def fuse(theta, batch):
+            return at_least_f32(fusion_model.apply({"params": theta}, batch["modalities"]))
+
+    elif kind == "classical":
+        from fuse4seg_jax import classical
+
+        method = classical.get(config.model.classical)
+
+        def fuse(theta, batch):
+            return at_least_f32(method(batch["modalities"]))
+
+    elif kind == "single":
+        index = tuple(config.data.modalities).index(config.model.single_modality)
+
+        def fuse(theta, batch):
+            return at_least_f32(batch["modalities"][..., index : index + 1])
+
+    elif kind in FEATURE_LEVEL:
+        fuse = None
+    else:
+        raise ValueError(f"model.kind={kind!r}: not a baseline kind; expected one of {KINDS[1:]}")
+
+    def segment(phi, x):
+        return at_least_f32(seg_model.apply({"params": phi}, x))
+
+    def seg_loss(logits, batch):
+        return losses.segmentation_loss(
+            logits, batch["label"], mode=config.model.seg_mode,
+            w_ce=config.loss.w_ce, w_dice=config.loss.w_dice,
+        )  # fmt: skip
+
+    def seg_input(theta, batch):
+        return at_least_f32(batch["modalities"]) if fuse is None else fuse(theta, batch)
+
+    return Pipeline(fuse, seg_input, segment, objectives.fusion_loss_fn(config.loss), seg_loss)
+
+
+def make_optimizers(config, make_tx):
+    """(fusion_tx or None, seg_tx): each schedule spans that network's own steps."""
+    total = config.train.num_steps
+    if kind_of(config) == "two_stage":
+        n_fuse = fusion_steps(config)
+        return make_tx(config.optim, n_fuse), make_tx(config.optim, max(total - n_fuse, 1))
+    return None, make_tx(config.optim, total)
+
+
+def init_state(config, fusion_model, seg_model, txs) -> TrainState:
+    fusion_tx, seg_tx = txs
+    k_fuse, k_seg, k_state = jax.random.split(jax.random.PRNGKey(config.seed), 3)
+    size = config.data.image_size
+    x = jnp.zeros((1, size, size, len(config.data.modalities)), jnp.float32)
+    fusion = NetState({}, ())
+    if fusion_model is not None:
+        theta = fusion_model.init(k_fuse, x)["params"]
+        fusion = NetState(theta, fusion_tx.init(theta))
+    seg_x = jnp.zeros((1, size, size, seg_input_channels(config)), jnp.float32)
+    phi = seg_model.init(k_seg, seg_x)["params"]
+    return TrainState(
+        step=jnp.zeros((), jnp.int32),
+        rng=k_state,
+        fusion=fusion,
+        seg=NetState(phi, seg_tx.init(phi)),
+    )
+
+
+def _monitor(pipe, fused, logits, batch):
+    """loss_fuse (when a fused image exists) and loss_seg with their parts."""
+    l_seg, seg_parts = pipe.seg_loss(logits, batch)
+    metrics = {"loss_seg": l_seg, **seg_parts}
+    if fused is not None:
+        l_fuse, fuse_parts = pipe.fusion_loss(fused, batch)
+        metrics |= {"loss_fuse": l_fuse, **fuse_parts}
+    return metrics
+
+
+def segmentation_phase(state: TrainState, batch: dict, *, pipe, seg_tx):
+    """optax step of the segmentation network on its (frozen) input."""
+    x = jax.lax.stop_gradient(pipe.seg_input(state.fusion.params, batch))
+
+    def loss(phi):
+        logits = pipe.segment(phi, x)
+        return pipe.seg_loss(logits, batch)[0], logits
+
+    (_, logits), grads = jax.value_and_grad(loss, has_aux=True)(state.seg.params)
+    updates, opt_state = seg_tx.update(grads, state.seg.opt_state, state.seg.params)
+    seg = NetState(optax.apply_updates(state.seg.params, updates), opt_state)
+    fused = None if pipe.fuse is None else x
+    metrics = _monitor(pipe, fused, logits, batch) | {"grad_norm": optax.tree.norm(grads)}
+    return state.replace(seg=seg, step=state.step + 1), metrics
+
+
+def fusion_phase(state: TrainState, batch: dict, *, pipe, fusion_tx):
+    """optax step of the fusion network alone on L_fuse (two_stage, stage 1)."""
+
+    def loss(theta):
+        fused = pipe.fuse(theta, batch)
+        return pipe.fusion_loss(fused, batch)[0], fused
+
+    (_, fused), grads = jax.value_and_grad(loss, has_aux=True)(state.fusion.params)
+    updates, opt_state = fusion_tx.update(grads, state.fusion.opt_state, state.fusion.params)
+    fusion = NetState(optax.apply_updates(state.fusion.params, updates), opt_state)
+    logits = pipe.segment(state.seg.params, fused)
+    metrics = _monitor(pipe, fused, logits, batch) | {"grad_norm": optax.tree.norm(grads)}
+    return state.replace(fusion=fusion, step=state.step + 1), metrics
+
+
+def make_train_step(config, pipe, txs):
+    """The jittable (state, batch) -> (state, metrics) of this kind; metrics add `stage`."""
+    fusion_tx, seg_tx = txs
+
+    def seg_step(state, batch):
+        new_state, metrics = segmentation_phase(state, batch, pipe=pipe, seg_tx=seg_tx)
+        return new_state, metrics | {"stage": jnp.float32(2.0)}
+
+    if kind_of(config) != "two_stage":
+        return seg_step
+    n_fuse = fusion_steps(config)
+
+    def fuse_step(state, batch):
+        new_state, metrics = fusion_phase(state, batch, pipe=pipe, fusion_tx=fusion_tx)
+        return new_state, metrics | {"stage": jnp.float32(1.0)}
+
+    def two_stage_step(state, batch):
+        return jax.lax.cond(state.step < n_fuse, fuse_step, seg_step, state, batch)
+
+    return two_stage_step
+
+
+def eval_step(state: TrainState, batch: dict, *, pipe, seg_mode: str):
+    """pred (B, H, W) int32 and, when the kind has one, fused (B, H, W) in [0, 1]."""
+    x = pipe.seg_input(state.fusion.params, batch)
+    out = {"pred": regions.logits_to_labels(pipe.segment(state.seg.params, x), seg_mode)}
+    if pipe.fuse is not None:
+        out["fused"] = x[..., 0]
+    return out
