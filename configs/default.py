@@ -114,6 +114,9 @@ def get_config():
     config.train.checkpoint_every = 1000
     config.train.keep_checkpoints = 2
     config.train.eval_batch_size = 32
+    # Every N steps (0 = never) compare the parameter copies on all devices and processes
+    # (multi-host sanity check; stops with an error if they differ).
+    config.train.check_replicas_every = 0
 
     config.mesh = ml_collections.ConfigDict()
     # Devices on the `data` axis; 0 means all visible devices.

@@ -99,7 +99,7 @@ def _summarise(name, method, inner, run_dir) -> dict:
         "method": method,
         "inner": inner,
         **{f"dice_{r}": results["dice_mean"][r] for r in REGION_NAMES},
-        **{k: fusion.get(k, float("nan")) for k in FUSION_COLUMNS},
+        **{k: float("nan") if fusion.get(k) is None else fusion[k] for k in FUSION_COLUMNS},
         "loss_seg": rows[-1]["train/loss_seg"],
         "loss_fuse": rows[-1].get("train/loss_fuse", float("nan")),
         "step_ms": 1e3 / float(np.median(rates)) if rates else float("nan"),

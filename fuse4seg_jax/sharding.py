@@ -50,6 +50,43 @@ def shard_batch(batch: dict, mesh: Mesh) -> dict:
     }
 
 
+def process_rows(batch: dict) -> dict:
+    """This process's contiguous share of a global host batch (all of it with one process)."""
+    count, index = jax.process_count(), jax.process_index()
+    if count == 1:
+        return batch
+    n = len(next(iter(batch.values())))
+    if n % count:
+        raise ValueError(f"batch of {n} rows does not split over {count} processes")
+    share = n // count
+    return {k: v[index * share : (index + 1) * share] for k, v in batch.items()}
+
+
+def gather(tree):
+    """A pytree of (possibly multi-process) global arrays as host numpy, on every process."""
+    if jax.process_count() == 1:
+        return jax.device_get(tree)
+    from jax.experimental import multihost_utils
+
+    return multihost_utils.process_allgather(tree, tiled=True)
+
+
+def replicas_agree(tree) -> bool:
+    """Whether every copy of a replicated pytree, on every device of every process, is
+    bitwise equal: the fingerprints (sum and sum of squares per leaf, float64) of each
+    local copy are gathered from all processes and compared."""
+    prints = []
+    for leaf in jax.tree.leaves(tree):
+        copies = [np.asarray(s.data, np.float64) for s in leaf.addressable_shards]
+        prints.append([(c.sum(), np.square(c).sum()) for c in copies])
+    local = np.asarray(prints, np.float64).transpose(1, 0, 2)  # (local devices, leaves, 2)
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        local = multihost_utils.process_allgather(local, tiled=True)
+    return bool(np.all(local == local[:1]))
+
+
 def needs_sync_every_step(mesh: Mesh) -> bool:
     """Several CPU devices can deadlock in an all-reduce when many small steps are
     dispatched asynchronously (STACK.md); wait on every step there."""

@@ -30,7 +30,13 @@ from ml_collections import config_flags  # noqa: E402
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Path to a config file.", lock_config=True)
 flags.DEFINE_string("workdir", None, "Where checkpoints, metrics and figures go.")
-flags.DEFINE_bool("distributed", False, "Call jax.distributed.initialize() (multi-host).")
+flags.DEFINE_bool(
+    "distributed", False, "Call jax.distributed.initialize() (multi-host; the cluster's "
+    "environment — TPU VM, SLURM, Open MPI — or the three flags below say who is who)."
+)  # fmt: skip
+flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (--distributed).")
+flags.DEFINE_integer("num_processes", None, "Number of processes (--distributed).")
+flags.DEFINE_integer("process_id", None, "This process's index (--distributed).")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -40,7 +46,13 @@ def main(argv, work=None):
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     logging.set_verbosity(logging.WARNING)  # Orbax and JAX log every checkpoint at INFO
     if FLAGS.distributed:
-        jax.distributed.initialize()
+        # CPU processes need a collectives backend (gloo); accelerators bring their own.
+        jax.config.update("jax_cpu_collectives_implementation", "gloo")
+        jax.distributed.initialize(
+            coordinator_address=FLAGS.coordinator_address,
+            num_processes=FLAGS.num_processes,
+            process_id=FLAGS.process_id,
+        )
     cache = os.path.expanduser(os.environ.get("FUSE4SEG_JAX_CACHE", "~/.cache/fuse4seg_jax/xla"))
     jax.config.update("jax_compilation_cache_dir", cache)
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)

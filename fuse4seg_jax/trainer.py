@@ -46,7 +46,8 @@ def evaluate(p_eval, state, examples, mesh, batch_size: int) -> dict:
     for batch, valid in pipeline.eval_batches(
         examples, batch_size=batch_size, multiple_of=mesh.devices.size
     ):
-        out = jax.device_get(p_eval(state, sharding.shard_batch(batch, mesh)))
+        local = sharding.process_rows(batch)  # each process feeds its share of the rows
+        out = sharding.gather(p_eval(state, sharding.shard_batch(local, mesh)))
         outputs.append({k: v[:valid] for k, v in out.items()})
     result = {k: np.concatenate([o[k] for o in outputs]) for k in outputs[0]}
     if "pred" in result:
@@ -60,6 +61,18 @@ def evaluate(p_eval, state, examples, mesh, batch_size: int) -> dict:
     return result
 
 
+def _load_data(config):
+    """sources.load; with several processes the first builds the TFDS dataset, then the rest
+    read it (no two processes write one dataset folder)."""
+    if jax.process_count() == 1:
+        return sources.load(config.data, config.seed)
+    from jax.experimental import multihost_utils
+
+    data = sources.load(config.data, config.seed) if jax.process_index() == 0 else None
+    multihost_utils.sync_global_devices("fuse4seg_jax: dataset prepared")
+    return data if data is not None else sources.load(config.data, config.seed)
+
+
 def train_and_evaluate(config, workdir: str, *, stop_at: int | None = None) -> dict | None:
     """Trains, evaluates and reports; returns the final held-out Dice per region.
 
@@ -70,12 +83,13 @@ def train_and_evaluate(config, workdir: str, *, stop_at: int | None = None) -> d
     num_devices = mesh.devices.size
     validate(config, num_devices)
     log(
-        f"processes: {jax.process_count()} (this is {jax.process_index()}), "
-        f"devices: {num_devices} x {mesh.devices.flat[0].platform} on mesh axis "
-        f"'{sharding.DATA_AXIS}', global batch {config.train.batch_size}"
+        f"processes: {jax.process_count()}, devices: {num_devices} x "
+        f"{mesh.devices.flat[0].platform} ({jax.local_device_count()} per process) on mesh "
+        f"axis '{sharding.DATA_AXIS}', global batch {config.train.batch_size} "
+        f"({config.train.batch_size // jax.process_count()} rows read per process)"
     )
     t0 = time.time()
-    train_examples, eval_examples = sources.load(config.data, config.seed)
+    train_examples, eval_examples = _load_data(config)
     for part in (train_examples, eval_examples):
         sources.check_batch(part, len(config.data.modalities))
     log(
@@ -201,6 +215,11 @@ def train_and_evaluate(config, workdir: str, *, stop_at: int | None = None) -> d
                 ]
                 writer.write(step, {f"eval/{k}": v for k, v in scores.items()})
                 log("eval " + " ".join(f"{k} {v:.4f}" for k, v in scores.items()))
+            check_every = config.train.get("check_replicas_every", 0)
+            if check_every and step % check_every == 0:
+                if not sharding.replicas_agree(state):
+                    raise RuntimeError(f"parameter replicas differ after step {step}")
+                log(f"replicas agree after step {step} ({jax.process_count()} processes)")
             ckpt.save(step, state, meta(step))
             if stopper.should_stop():
                 ckpt.save(step, state, meta(step), force=True)
@@ -252,6 +271,19 @@ def train_and_evaluate(config, workdir: str, *, stop_at: int | None = None) -> d
         + f"\nwrote {workdir}/results.json, {workdir}/figure.png, {workdir}/metrics.jsonl"
     )
     return dice
+
+
+def fused_image_metrics(fused, modalities, convention="mmif"):
+    """Mean over images of the fusion metrics (metrics/fusion.py) of held-out fused images
+    against the two sources, on 8-bit grey levels; None without a fused image or with M != 2."""
+    if fused is None or modalities.shape[-1] != 2:
+        return None
+    from fuse4seg_jax.metrics import fusion
+
+    f = np.stack([fusion.to_mmif_grey(x) for x in fused])
+    a, b = fusion.source_to_grey(modalities[..., 0]), fusion.source_to_grey(modalities[..., 1])
+    values = fusion.fusion_metrics_batch(f, a, b, convention)
+    return {k: float(np.nanmean(v)) if np.isfinite(v).any() else None for k, v in values.items()}
 
 
 def _describe(config, n_fuse: int, n_seg: int) -> str:
@@ -349,6 +381,7 @@ def _write_final_report(config, workdir, examples, result, contrast, run_stats):
             "dice_per_case": {str(k): v for k, v in per_case.items()},
             "num_cases": len(per_case),
             "part_contrast": contrast,
+            "fusion_metrics": fused_image_metrics(result.get("fused"), examples["modalities"]),
             "train_steps": config.train.num_steps,
             **run_stats,
         },
