@@ -46,6 +46,7 @@ def get_config():
     config.model.single_modality = "flair"  # kind=single: one of data.modalities
     config.model.fusion = "fusion_small"  # see fuse4seg_jax/models/__init__.py
     config.model.segmentation = "unet_small"  # "none" switches the segmentation side off
+    config.model.compute_dtype = "float32"  # "bfloat16" on GPU/TPU: mixed precision
     config.model.seg_mode = "softmax"  # "softmax" (4 classes) or "regions" (WT/TC/ET sigmoids)
 
     config.loss = ml_collections.ConfigDict()

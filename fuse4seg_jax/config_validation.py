@@ -78,6 +78,11 @@ def validate(config, num_devices: int):
         "expected 'fwd_rev' or 'grad'",
     )
     need(
+        config.model.compute_dtype in steps.COMPUTE_DTYPES,
+        "model.compute_dtype",
+        f"expected one of {tuple(steps.COMPUTE_DTYPES)}",
+    )
+    need(
         config.model.seg_mode in ("softmax", "regions"),
         "model.seg_mode",
         "expected 'softmax' or 'regions'",

@@ -22,6 +22,9 @@ from fuse4seg_jax.models import get_fusion_model, get_segmentation_model
 from fuse4seg_jax.state import NetState, TrainState
 
 BATCH_SPLITS = ("halves", "same")
+# model.compute_dtype: what the networks compute in. Parameters, optimiser states, losses
+# and hypergradient arithmetic stay float32 (dtypes.py) whatever it is.
+COMPUTE_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 
 def fusion_only(config) -> bool:
@@ -39,11 +42,14 @@ def build_models(config):
     """(fusion_model, seg_model) named in config.model; seg_model is None when fusion-only,
     fusion_model None for baselines without a trained fusion network."""
     kind = baselines.kind_of(config)
-    fusion = get_fusion_model(config.model.fusion) if kind in baselines.TRAINED_FUSION else None
+    dtype = {"dtype": COMPUTE_DTYPES[config.model.get("compute_dtype", "float32")]}
+    fusion = None
+    if kind in baselines.TRAINED_FUSION:
+        fusion = get_fusion_model(config.model.fusion, **dtype)
     if fusion_only(config):
         return fusion, None
     num_out = 4 if config.model.seg_mode == "softmax" else 3
-    seg = get_segmentation_model(baselines.seg_model_name(config), num_classes=num_out)
+    seg = get_segmentation_model(baselines.seg_model_name(config), num_classes=num_out, **dtype)
     return fusion, seg
 
 
