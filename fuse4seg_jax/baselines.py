@@ -13,7 +13,7 @@
   laplacian; fuse4seg_jax/classical.py), then the same segmentation network.
 - "single": one modality only (`model.single_modality`), same network.
 - "early_fusion": feature-level; the U-Net `model.segmentation` takes all M
-  modalities as input channels. No fused image exists.
+  modalities as input channels (`early_` + its name). No fused image exists.
 - "dual_encoder": feature-level; one encoder per modality merged at every
   level (`dual_` + `model.segmentation`, models/feature_level.py).
 
@@ -50,7 +50,7 @@ def fusion_steps(config) -> int:
 
 
 def seg_model_name(config) -> str:
-    prefix = "dual_" if kind_of(config) == "dual_encoder" else ""
+    prefix = {"dual_encoder": "dual_", "early_fusion": "early_"}.get(kind_of(config), "")
     return prefix + config.model.segmentation
 
 

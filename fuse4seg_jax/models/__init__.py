@@ -12,10 +12,15 @@ channel and 4 classes), checked by tests/test_models.py:
   unet_base   1,926,532  (1.5M-2.5M; H, W % 8 == 0)
   unet_small    482,500  (350k-650k; H, W % 8 == 0)
   unet_tiny       1,692  (0.5k-5k; H, W % 2 == 0)
+Feature-level baselines (models/feature_level.py) on M = 2 modalities, checked
+by tests/test_feature_level.py (early_unet_* are the unet_* modules; with
+2 input channels unet_base has 1,926,820):
+  dual_unet_base   3,274,212  dual_unet_small   820,212  dual_unet_tiny   2,968
 """
 
 import functools
 
+from fuse4seg_jax.models.feature_level import DualEncoderUNet, UNetEncoder
 from fuse4seg_jax.models.fusion import FrequencyFusionNet
 from fuse4seg_jax.models.layers import ConvBlock, UpConv, upsample_bilinear2x, upsample_transposed
 from fuse4seg_jax.models.segmentation import UNet
@@ -42,6 +47,14 @@ SEGMENTATION_MODELS = {
     "unet_base": functools.partial(UNet, features=(32, 64, 128, 256)),
     "unet_small": functools.partial(UNet, features=(16, 32, 64, 128)),
     "unet_tiny": functools.partial(UNet, features=(4, 8)),
+    # Feature-level baselines (models/feature_level.py), widths of the matching unet_*.
+    # Early fusion is the U-Net itself fed all M modalities as input channels.
+    "early_unet_base": functools.partial(UNet, features=(32, 64, 128, 256)),
+    "early_unet_small": functools.partial(UNet, features=(16, 32, 64, 128)),
+    "early_unet_tiny": functools.partial(UNet, features=(4, 8)),
+    "dual_unet_base": functools.partial(DualEncoderUNet, features=(32, 64, 128, 256)),
+    "dual_unet_small": functools.partial(DualEncoderUNet, features=(16, 32, 64, 128)),
+    "dual_unet_tiny": functools.partial(DualEncoderUNet, features=(4, 8)),
 }
 
 
@@ -65,8 +78,10 @@ __all__ = [
     "FUSION_MODELS",
     "SEGMENTATION_MODELS",
     "ConvBlock",
+    "DualEncoderUNet",
     "FrequencyFusionNet",
     "UNet",
+    "UNetEncoder",
     "UpConv",
     "get_fusion_model",
     "get_segmentation_model",

@@ -21,6 +21,50 @@ from fuse4seg_jax.dtypes import at_least_f32
 from fuse4seg_jax.models.layers import UpConv, block_for, check_divisible
 
 
+def checked_input(module, x, name: str, layout: str = "B, H, W, C"):
+    """x (B, H, W, C) in module's compute dtype, after checking the U-Net's shape rules
+    (module: a U-Net-like model with `features` and `num_convs` fields)."""
+    if x.ndim != 4:
+        raise ValueError(f"{name} expects ({layout}), got shape {x.shape}")
+    if len(module.features) < 1:
+        raise ValueError(f"{name} needs at least one stage in `features`")
+    if module.num_convs < 1:
+        raise ValueError(f"{name} needs num_convs >= 1, got {module.num_convs}")
+    _, h, w, _ = x.shape
+    check_divisible(
+        h, w, 2 ** (len(module.features) - 1), f"{name}(features={tuple(module.features)})"
+    )
+    return x.astype(module.dtype)
+
+
+def encode(module, x) -> list:
+    """The encoder, inside module's compact __call__: one feature map per stage."""
+    skips = []
+    for s, f in enumerate(module.features):
+        for i in range(module.num_convs):
+            strides = 2 if (s > 0 and i == 0) else 1
+            x = block_for(module, f, strides, name=f"enc{s}_{i}")(x)
+        skips.append(x)
+    return skips
+
+
+def decode(module, skips):
+    """The decoder and 1x1 head, inside module's compact __call__: the deepest map of
+    `skips` is the input, the others are concatenated on the way up -> float32 logits."""
+    x = skips[-1]
+    for s in range(len(module.features) - 2, -1, -1):
+        f = module.features[s]
+        x = UpConv(f, dtype=module.dtype, param_dtype=module.param_dtype, name=f"up{s}")(x)
+        x = jnp.concatenate([x, skips[s]], axis=-1)
+        for i in range(module.num_convs):
+            x = block_for(module, f, name=f"dec{s}_{i}")(x)
+    logits = nn.Conv(
+        module.num_classes, (1, 1), dtype=module.dtype, param_dtype=module.param_dtype,
+        name="head",
+    )(x)  # fmt: skip
+    return at_least_f32(logits)
+
+
 class UNet(nn.Module):
     """nnU-Net-style 2D U-Net; H and W must be divisible by 2 ** (len(features) - 1)."""
 
@@ -32,38 +76,6 @@ class UNet(nn.Module):
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
 
-    def _block(self, features, strides=1, name=None):
-        return block_for(self, features, strides, name)
-
     @nn.compact
     def __call__(self, x):
-        if x.ndim != 4:
-            raise ValueError(f"UNet expects (B, H, W, C), got shape {x.shape}")
-        if len(self.features) < 1:
-            raise ValueError("UNet needs at least one stage in `features`")
-        if self.num_convs < 1:
-            raise ValueError(f"UNet needs num_convs >= 1, got {self.num_convs}")
-        _, h, w, _ = x.shape
-        check_divisible(
-            h, w, 2 ** (len(self.features) - 1), f"UNet(features={tuple(self.features)})"
-        )
-        x = x.astype(self.dtype)
-
-        skips = []
-        for s, f in enumerate(self.features):
-            for i in range(self.num_convs):
-                strides = 2 if (s > 0 and i == 0) else 1
-                x = self._block(f, strides=strides, name=f"enc{s}_{i}")(x)
-            skips.append(x)
-
-        for s in range(len(self.features) - 2, -1, -1):
-            f = self.features[s]
-            x = UpConv(f, dtype=self.dtype, param_dtype=self.param_dtype, name=f"up{s}")(x)
-            x = jnp.concatenate([x, skips[s]], axis=-1)
-            for i in range(self.num_convs):
-                x = self._block(f, name=f"dec{s}_{i}")(x)
-
-        logits = nn.Conv(
-            self.num_classes, (1, 1), dtype=self.dtype, param_dtype=self.param_dtype, name="head"
-        )(x)
-        return at_least_f32(logits)
+        return decode(self, encode(self, checked_input(self, x, "UNet")))
