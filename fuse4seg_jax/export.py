@@ -23,49 +23,49 @@ complete; an existing `--out` is refused unless `--overwrite`.
 """
 
 import os
-import sys
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
+from fuse4seg_jax import cli
+
+cli.default_cpu_devices()
 
 import csv  # noqa: E402
 import shutil  # noqa: E402
 import tempfile  # noqa: E402
 
 import numpy as np  # noqa: E402
-from absl import app, flags, logging  # noqa: E402
+from absl import flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
 CLASSICAL = {"mean": lambda m: m.mean(axis=-1), "max": lambda m: m.max(axis=-1)}
 
 FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file(
-    "config", None, "The dataset's (and run's) config.", lock_config=True
-)
-flags.DEFINE_string("out", None, "Output folder.")
-flags.DEFINE_string("workdir", None, "A training workdir: fuse with its latest checkpoint.")
-flags.DEFINE_enum("method", None, list(CLASSICAL), "Classical fusion instead of a checkpoint.")
-flags.DEFINE_bool("overwrite", False, "Replace an existing --out.")
-flags.mark_flags_as_required(["config", "out"])
 
 
-def checkpoint_fuser(config, workdir):
-    """fused = fn(modalities (B,H,W,M)) with the fusion network of workdir's latest checkpoint."""
-    import jax
+def define_flags():
+    config_flags.DEFINE_config_file(
+        "config", None, "The dataset's (and run's) config.", lock_config=True
+    )
+    flags.DEFINE_string("out", None, "Output folder.")
+    flags.DEFINE_string("workdir", None, "A training workdir: fuse with its latest checkpoint.")
+    flags.DEFINE_enum("method", None, list(CLASSICAL), "Classical fusion instead of a checkpoint.")
+    flags.DEFINE_bool("overwrite", False, "Replace an existing --out.")
+    flags.mark_flags_as_required(["config", "out"])
 
-    from fuse4seg_jax import steps
-    from fuse4seg_jax.checkpointing import Checkpointer
 
-    _, objs, outer_tx, inner_opt, _, _ = steps.make_steps(config)
-    fusion_model, seg_model = steps.build_models(config)
-    template = steps.init_state(config, fusion_model, seg_model, outer_tx, inner_opt)
-    ckpt = Checkpointer(workdir, every=0)
-    if ckpt.latest_step() is None:
-        raise FileNotFoundError(f"{workdir}: no checkpoint found in {ckpt.directory}")
-    state, _ = ckpt.restore(template)
-    ckpt.close()
-    fuse = jax.jit(lambda params, x: objs.fuse(params, {"modalities": x})[..., 0])
-    return lambda x: np.asarray(fuse(state.fusion.params, x))
+def checkpoint_fuser(config, workdir, *, batch_size: int = 16):
+    """fused = fn(modalities (B,H,W,M)) with the fusion network of workdir's latest checkpoint.
+
+    fused: (B,H,W) float32 in [0,1]; only the fusion network runs (XLA prunes the rest). Raises
+    FileNotFoundError if workdir has no checkpoint, ValueError if its model makes no fused
+    image (feature-level baselines)."""
+    from fuse4seg_jax import inference
+
+    predictor = inference.load_trained(config, workdir, batch_size=batch_size, keys=("fused",))
+    if "fused" not in predictor.output_keys(len(config.data.modalities)):
+        raise ValueError(
+            f"{workdir}: model.kind={config.model.get('kind', 'fuse4seg')} makes no fused image"
+        )
+    return lambda x: predictor.predict(x)["fused"]
 
 
 def _png(path, image01):
@@ -143,20 +143,24 @@ def export(config, out: str, fuser, *, overwrite: bool = False, batch_size: int 
 
 def main(argv):
     if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+        cli.fail(f"unexpected arguments: {' '.join(argv[1:])}", cli.EXIT_USAGE)
     logging.set_verbosity(logging.ERROR)  # TFDS warns about its own deprecations
     if (FLAGS.workdir is None) == (FLAGS.method is None):
-        sys.exit("error: give exactly one of --workdir (a trained checkpoint) or --method")
-    if FLAGS.method:
-        fuser = CLASSICAL[FLAGS.method]
-    else:
-        fuser = checkpoint_fuser(FLAGS.config, FLAGS.workdir)
+        cli.fail("give exactly one of --workdir (a trained checkpoint) or --method")
     try:
+        if FLAGS.method:
+            fuser = CLASSICAL[FLAGS.method]
+        else:
+            fuser = checkpoint_fuser(FLAGS.config, FLAGS.workdir)
         n = export(FLAGS.config, FLAGS.out, fuser, overwrite=FLAGS.overwrite)
     except (FileExistsError, FileNotFoundError, ValueError) as e:
-        sys.exit(f"error: {e}")
+        cli.fail(e, 1)
     print(f"wrote {n} records to {os.path.abspath(FLAGS.out)} (index.csv)")
 
 
+def run(argv=None):
+    cli.run(main, define_flags, argv)
+
+
 if __name__ == "__main__":
-    app.run(main)
+    run()

@@ -1,0 +1,67 @@
+"""What every command (train, ablate, evaluate, predict, export) shares: process set-up
+before JAX starts, one-line errors, and flag parsing that names unknown config keys.
+
+Commands define their absl flags inside `run` (not at import), so that several of them
+can be imported into one process (tests, notebooks) without duplicate-flag errors.
+"""
+
+import os
+import sys
+
+# Exit status of a command stopped by a bad command line or config (absl's convention).
+EXIT_USAGE = 2
+
+
+def default_cpu_devices():
+    """One XLA CPU device per core unless the user chose: XLA:CPU leaves cores idle within
+    one device (STACK.md), and the batch is split over devices. Only affects the CPU
+    platform; must run before jax is imported."""
+    flag_text = os.environ.get("XLA_FLAGS", "")
+    if "xla_force_host_platform_device_count" not in flag_text:
+        count = int(os.environ.get("FUSE4SEG_CPU_DEVICES", os.cpu_count() or 1))
+        os.environ["XLA_FLAGS"] = (
+            f"{flag_text} --xla_force_host_platform_device_count={count}".strip()
+        )
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")  # silences TensorFlow's notice
+
+
+def use_compilation_cache():
+    """Persist compiled XLA programs across runs ($FUSE4SEG_JAX_CACHE or ~/.cache)."""
+    import jax
+
+    cache = os.path.expanduser(os.environ.get("FUSE4SEG_JAX_CACHE", "~/.cache/fuse4seg_jax/xla"))
+    jax.config.update("jax_compilation_cache_dir", cache)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
+
+
+def one_line(text) -> str:
+    """text on one line: a KeyError's repr unquoted and unescaped, whitespace collapsed."""
+    text = str(text)
+    if len(text) > 1 and text[0] == text[-1] == "'":
+        text = text[1:-1].replace("\\n", " ").replace("\\'", "'")
+    return " ".join(text.split())
+
+
+def fail(message, status: int = 1):
+    """Print `error: message` (one line) to stderr and exit with status."""
+    print(f"error: {one_line(message)}", file=sys.stderr, flush=True)
+    sys.exit(status)
+
+
+def run(main, define_flags, argv=None):
+    """Define the command's flags, parse argv and call main(argv); an unknown
+    `--config.<key>` override stops with one line naming it (ml-collections raises a
+    multi-line KeyError/AttributeError while parsing)."""
+    from absl import app
+
+    define_flags()
+    argv = list(sys.argv if argv is None else argv)
+    try:
+        app.run(main, argv=argv)
+    except (KeyError, AttributeError) as e:
+        overrides = [a.split("=")[0] for a in argv if a.startswith("--config.")]
+        if not overrides:
+            raise
+        hint = one_line(e.args[0] if e.args else e)
+        fail(f"unknown config key in {' '.join(overrides)}: {hint}", EXIT_USAGE)

@@ -1,0 +1,135 @@
+"""`python -m fuse4seg_jax.evaluate`: metrics of a trained run agree with the trainer's own
+held-out Dice and with metric functions applied independently; classical fusion and the
+Harvard pairs get fusion metrics; outputs are never overwritten without --overwrite."""
+
+import csv
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from configs import harvard as harvard_config
+from configs import tiny
+from fuse4seg_jax import evaluate, trainer
+from fuse4seg_jax.metrics import fusion
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+HARVARD = os.path.join(os.path.dirname(ROOT), "shared", "data", "harvard")
+
+
+def _config(tmp_path):
+    config = tiny.get_config()
+    config.data.image_size = 48  # VIF needs 41 px
+    config.data.tfds_dir = str(tmp_path / "tfds")
+    config.train.num_steps, config.train.eval_every = 4, 100
+    return config
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    tmp_path = tmp_path_factory.mktemp("evaluate")
+    config = _config(tmp_path)
+    workdir = tmp_path / "run"
+    trainer.train_and_evaluate(config, str(workdir))
+    return config, workdir
+
+
+def _rows(path):
+    with open(path) as f:
+        return list(csv.DictReader(f))
+
+
+def test_evaluate_a_trained_run(trained, tmp_path):
+    config, workdir = trained
+    out = tmp_path / "eval"
+    summary = evaluate.evaluate(config, str(out), workdir=str(workdir))
+    rows = _rows(out / "metrics.csv")
+    slices = [r for r in rows if r["level"] == "slice"]
+    cases = [r for r in rows if r["level"] == "case"]
+    examples = evaluate.load_split(config, "validation")
+    assert len(slices) == len(examples["label"]) and len(cases) == 2
+    # per-case Dice equals the trainer's own held-out evaluation of the same checkpoint
+    results = json.loads((workdir / "results.json").read_text())
+    for region in ("wt", "tc", "et"):
+        mean = np.mean([float(r[f"dice_{region}"]) for r in cases])
+        assert mean == pytest.approx(results["dice_mean"][region], abs=1e-9)
+        assert summary[f"dice_{region}"] == pytest.approx(mean)
+        assert all(float(r[f"hd95_{region}"]) >= 0 for r in cases + slices)
+    # fusion metrics of every slice, on 8-bit grey levels, the trainer's numbers too
+    assert all(float(r["EN"]) > 0 and np.isfinite(float(r["VIF"])) for r in slices)
+    assert np.mean([float(r["Qabf"]) for r in slices]) == pytest.approx(
+        results["fusion_metrics"]["Qabf"]
+    )
+    text = (out / "summary.md").read_text()
+    assert "Per 3D case" in text and "Per 2D slice" in text and "`mmif` convention" in text
+    assert "| dice_wt |" in text and "| hd95_et |" in text and "| Qabf |" in text
+    for name in ("cases.png", "best_worst.png", "dice_boxplot.png"):
+        assert (out / name).read_bytes()[:4] == b"\x89PNG"
+    assert not [p for p in os.listdir(tmp_path) if p.startswith(".eval.partial")]
+
+
+def test_existing_output_is_refused_without_overwrite(trained, tmp_path):
+    config, workdir = trained
+    out = tmp_path / "eval"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    with pytest.raises(FileExistsError, match="--overwrite"):
+        evaluate.evaluate(config, str(out), workdir=str(workdir))
+    assert (out / "keep.txt").read_text() == "mine"
+    cli = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "fuse4seg_jax.evaluate",
+            "--config",
+            "configs/tiny.py",
+            "--workdir",
+            str(workdir),
+            "--out",
+            str(out),
+            f"--config.data.tfds_dir={config.data.tfds_dir}",
+            "--config.data.image_size=48",
+        ],  # fmt: skip
+        cwd=ROOT,
+        env=dict(os.environ, PYTHONPATH=ROOT),
+        capture_output=True,
+        text=True,
+    )
+    assert cli.returncode == 1
+    assert cli.stderr.strip().splitlines()[-1].startswith(f"error: {out} exists")
+    evaluate.evaluate(config, str(out), workdir=str(workdir), overwrite=True)
+    assert not (out / "keep.txt").exists() and (out / "metrics.csv").exists()
+
+
+def test_classical_fusion_gets_fusion_metrics(tmp_path):
+    config = _config(tmp_path)
+    out = tmp_path / "max"
+    evaluate.evaluate(config, str(out), classical="max", convention="standard")
+    rows = _rows(out / "metrics.csv")
+    examples = evaluate.load_split(config, "validation")
+    assert len(rows) == len(examples["label"]) and "dice_wt" not in rows[0]
+    m = examples["modalities"][0]
+    expected = fusion.fusion_metrics(
+        fusion.to_mmif_grey(m.max(axis=-1)),
+        fusion.source_to_grey(m[..., 0]),
+        fusion.source_to_grey(m[..., 1]),
+        convention="standard",
+    )
+    for key in ("EN", "MI", "SSIM", "Qabf"):
+        assert float(rows[0][key]) == pytest.approx(expected[key], rel=1e-9)
+    assert "`standard` convention" in (out / "summary.md").read_text()
+
+
+@pytest.mark.skipif(not os.path.isdir(HARVARD), reason=f"Harvard test pairs not found at {HARVARD}")
+def test_harvard_pairs_get_fusion_metrics_and_a_colour_figure(tmp_path):
+    config = harvard_config.get_config()
+    config.data.manual_dir = HARVARD
+    config.data.tfds_dir = str(tmp_path / "tfds")
+    out = tmp_path / "harvard"
+    evaluate.evaluate(config, str(out), classical="mean")
+    rows = _rows(out / "metrics.csv")
+    assert rows and all(float(r["EN"]) > 0 for r in rows)
+    assert (out / "pairs.png").read_bytes()[:4] == b"\x89PNG"
