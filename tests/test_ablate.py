@@ -9,7 +9,7 @@ from fuse4seg_jax import ablate
 
 def _config(tmp_path):
     config = ablation.get_config()
-    config.data.image_size = 32
+    config.data.image_size = 48  # VIF needs 41 px
     config.data.num_train_cases, config.data.num_eval_cases = 8, 2
     config.data.slices_per_case = 4
     config.data.tfds_dir = str(tmp_path / "tfds")
@@ -18,7 +18,9 @@ def _config(tmp_path):
     config.train.num_steps, config.train.log_every = 4, 2
     config.train.eval_every, config.train.checkpoint_every = 100, 0
     config.bilevel.diagnose_every = 2
+    config.bilevel.diagnose_cg_steps = 4  # a short reference CG compiles quickly
     config.ablation.methods = ("joint", "unrolled")
+    config.ablation.baselines = ("classical:max", "early_fusion")
     return config
 
 
@@ -26,17 +28,21 @@ def test_ablation_writes_table_csv_and_curves_and_resumes(tmp_path):
     config = _config(tmp_path)
     work = tmp_path / "ablation"
     summaries = ablate.run_ablation(config, str(work))
-    assert [s["run"] for s in summaries] == ["joint-fusion", "unrolled-fusion"]
+    runs = ["joint-fusion", "unrolled-fusion", "classical-max", "early_fusion"]
+    assert [s["run"] for s in summaries] == runs
     with open(work / "results.csv") as f:
         rows = list(csv.DictReader(f))
-    assert [r["method"] for r in rows] == ["joint", "unrolled"]
+    assert [r["method"] for r in rows] == ["joint", "unrolled", "classical:max", "early_fusion"]
+    # fusion metrics of the fused images; none for the feature-level baseline
+    assert all(float(r["EN"]) > 0 and float(r["Qabf"]) > 0 for r in rows[:3])
+    assert rows[3]["EN"] == "nan" and rows[3]["loss_fuse"] == "nan"
     assert float(rows[0]["step_vs_joint"]) == 1.0
     assert float(rows[1]["step_ms"]) > 0 and float(rows[1]["step_memory_mib"]) > 0
     assert all(0.0 <= float(r["dice_wt"]) <= 1.0 for r in rows)
     assert -1.0 <= float(rows[1]["hypergrad_cosine"]) <= 1.0 + 1e-6
     table = (work / "results.md").read_text()
-    assert table.count("\n") == 4 and "| unrolled-fusion |" in table
-    assert all(line.count("|") == 11 for line in table.splitlines())  # 10 columns
+    assert table.count("\n") == 6 and "| unrolled-fusion |" in table and "| early_fusion |" in table
+    assert all(line.count("|") == 20 for line in table.splitlines())  # 19 columns
     assert (work / "curves.png").read_bytes()[:4] == b"\x89PNG"
     # a rerun reads the finished runs back instead of training them again
     metrics = work / "joint-fusion" / "metrics.jsonl"

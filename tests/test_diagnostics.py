@@ -21,6 +21,7 @@ def _diagnose(config):
 def test_reference_against_itself_is_exact_and_first_order_is_not(tmp_path):
     config = tiny.get_config()
     config.data.tfds_dir = str(tmp_path)
+    config.bilevel.diagnose_cg_steps = 4  # short reference: quick to compile
     config.bilevel.inner_optimizer = "sgd"
     config.bilevel.inner_lr = 0.5  # a large inner step makes the implicit term visible
     config.bilevel.method = "implicit_cg"
@@ -39,6 +40,7 @@ def test_trainer_logs_diagnostics_on_its_cadence(tmp_path):
     config = tiny.get_config()
     config.data.tfds_dir = str(tmp_path / "tfds")
     config.bilevel.diagnose_every = 3
+    config.bilevel.diagnose_cg_steps = 4
     trainer.train_and_evaluate(config, str(tmp_path / "run"))
     rows = [
         r

@@ -31,7 +31,7 @@ from fuse4seg_jax.data import phantom
 from fuse4seg_jax.models import get_fusion_model, get_segmentation_model
 
 F64 = jnp.float64
-LR, K, EPS = 0.05, 3, 1e-4
+LR, K, EPS = 0.05, 2, 1e-4
 
 
 @pytest.fixture(autouse=True)

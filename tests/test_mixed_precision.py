@@ -15,6 +15,8 @@ def _step(method, compute_dtype):
     config = tiny.get_config()
     config.model.compute_dtype = compute_dtype
     config.bilevel.method = method
+    if method == "implicit_cg":
+        config.bilevel.cg_steps = 3  # each CG step is unrolled into the compiled program
     models, objs, outer_tx, inner_opt, train, _ = steps.make_steps(config)
     state = steps.init_state(config, *models, outer_tx, inner_opt)
     data = phantom.make_dataset(seed=1, num_cases=2, slices_per_case=4, image_size=32)
