@@ -1,14 +1,13 @@
 """All-reduces per train step, per hypergradient method, read from the compiled program.
 
-    XLA_FLAGS=--xla_force_host_platform_device_count=8 PYTHONPATH=. \\
-        python benchmarks/collectives.py [--config configs/tiny.py]
+    .venv/bin/python benchmarks/collectives.py [--config configs/tiny.py]
 
 Compiles the data-parallel train step of every method (and the baselines) on
 an 8-device `data` mesh and counts the cross-device collectives XLA emitted
 (after its all-reduce combining), with the bytes they move. The count is what
 bounds scaling once the per-device batch is small: each all-reduce costs a
 latency plus 2 (D - 1) / D times its bytes over the interconnect.
-Prints a Markdown table (README "Scaling out").
+Prints a Markdown table (README, "Scaling: all-reduces per step, per method").
 """
 
 import argparse
@@ -20,6 +19,7 @@ import sys
 os.environ.setdefault(
     "XLA_FLAGS", "--xla_force_host_platform_device_count=8"
 )  # before JAX is imported
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
