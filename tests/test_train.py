@@ -11,10 +11,9 @@ import numpy as np
 import pytest
 
 from configs import tiny
-from fuse4seg_jax import sharding, steps, trainer
+from fuse4seg_jax import steps, trainer
 from fuse4seg_jax.checkpointing import Checkpointer
 from fuse4seg_jax.config_validation import ConfigError
-from fuse4seg_jax.data import sources
 from fuse4seg_jax.metric_writer import read_jsonl
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
