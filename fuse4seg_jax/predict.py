@@ -6,9 +6,14 @@
 --input is one case folder or a folder of case folders, named either
 `<case>_{t1,t1ce,t2,flair}.nii.gz` (BraTS 2018-2021) or `<case>-{t1n,t1c,t2w,t2f}.nii.gz`
 (2023+); only the modalities of the run's `data.modalities` are read, no segmentation.
-Each case is read and normalised as for training (data/brats.py: read_case), every axial
-slice (the third stored axis, as in training) goes through the networks in batches
-(inference.py), and the slices are stacked back. Per case, in `<out>/<case>/`:
+Each case is read and normalised as for training (data/brats.py: read_case); its axial
+slices (the third stored axis, as in training) that hold any brain go through the networks
+in batches (inference.py), cropped in-plane to a window around the brain of the training
+crop's size (`--crop`, default the run's data.image_size, grown in steps of 16 pixels if
+the brain is larger; 0 = whole slices), and are put back in place; outside the window and
+the brain's slices the outputs are background (label 0, fused 0). The window matches what
+the networks were trained on (random crops of data.image_size) and saves their time.
+Per case, in `<out>/<case>/`:
 
     <case>_seg.nii.gz      uint8 labels in the input's convention: 0, 1 necrotic core,
                            2 oedema, enhancing tumour 4 (2021 names) or 3 (2023 names)
@@ -52,6 +57,10 @@ def _define_flags():
     flags.DEFINE_bool("overwrite", False, "Replace existing outputs.")
     flags.DEFINE_bool("skip_existing", False, "Skip cases whose outputs all exist.")
     flags.DEFINE_integer("batch_size", 16, "Slices per network call.")
+    flags.DEFINE_integer(
+        "crop", None, "In-plane window around the brain (default: the run's "
+        "data.image_size, its training crop; 0: whole slices)."
+    )  # fmt: skip
     flags.mark_flags_as_required(["config", "workdir", "input", "out"])
 
 
@@ -167,11 +176,53 @@ def _preview_tmp(path, modalities, names, fused, pred):
         plt.close(fig)
 
 
-def predict_case(predictor, case_dir, out, modalities) -> tuple:
+def brain_window(modalities, crop: int, multiple: int = 16):
+    """The part of a case the networks see: (x slice, y slice, z slice) of the stored axes.
+
+    modalities: (H, W, D, M), background exactly 0 (brats.normalise). z: the axial slices
+    holding any brain voxel. In-plane: a window of at least crop x crop pixels, each side
+    grown to a multiple of `multiple` when the brain's bounding box (over all slices) is
+    larger, never beyond the image, centred on the box and shifted to stay inside the
+    image, so it always holds every brain voxel. crop 0: the whole slices (no window).
+    None when the case has no brain voxel at all.
+    """
+    h, w, d, _ = modalities.shape
+    if crop <= 0:
+        return slice(0, h), slice(0, w), slice(0, d)
+    brain = modalities.max(axis=-1) > 0
+    zs = np.flatnonzero(brain.any(axis=(0, 1)))
+    if not zs.size:
+        return None
+    window = []
+    for axis, size in ((0, h), (1, w)):
+        on = np.flatnonzero(brain.any(axis=tuple({0, 1, 2} - {axis})))
+        lo, hi = int(on[0]), int(on[-1]) + 1
+        side = min(size, max(crop, -(-(hi - lo) // multiple) * multiple))
+        start = min(max((lo + hi - side) // 2, 0), size - side)
+        window.append(slice(start, start + side))
+    return window[0], window[1], slice(int(zs[0]), int(zs[-1]) + 1)
+
+
+def _predict_volume(predictor, volume, crop: int) -> dict:
+    """{"pred": (H, W, D) int32, "fused": (H, W, D) float32} (the predictor's keys) for a
+    (H, W, D, M) case: the networks run on the brain window's axial slices, zeros (label
+    background, black) elsewhere."""
+    h, w, d, m = volume.shape
+    keys = predictor.output_keys(m)
+    out = {k: np.zeros((h, w, d), np.int32 if k == "pred" else np.float32) for k in keys}
+    window = brain_window(volume, crop)
+    if window is None:
+        return out
+    slices = np.moveaxis(volume[window], 2, 0)  # (D', H', W', M): axial slices as a batch
+    for k, v in predictor.predict(slices).items():
+        out[k][window] = np.moveaxis(v, 0, 2)
+    return out
+
+
+def predict_case(predictor, case_dir, out, modalities, crop: int = 0) -> tuple:
     """Reads, predicts and writes one case (module docstring); returns the volume shape."""
     case = brats.read_case(case_dir, modalities, with_label=False)
-    slices = np.moveaxis(case.modalities, 2, 0)  # (D, H, W, M): axial slices as a batch
-    outputs = {k: np.moveaxis(v, 0, 2) for k, v in predictor.predict(slices).items()}
+    outputs = _predict_volume(predictor, case.modalities, crop)
     paths = output_paths(out, case.case_id, outputs)
     source = case.paths[modalities[0]]
     pred = outputs.get("pred")
@@ -202,14 +253,19 @@ def predict_case(predictor, case_dir, out, modalities) -> tuple:
 
 
 def predict(config, workdir, input_path, out, *, overwrite=False, skip_existing=False,
-            batch_size=16, log=print) -> int:  # fmt: skip
+            batch_size=16, crop=None, log=print) -> int:  # fmt: skip
     """Predicts every case of `input_path` into `out` (module docstring); returns the number
-    of cases written. Raises DataError (bad inputs), FileExistsError (outputs exist),
-    FileNotFoundError (no checkpoint), UsageError / ValueError (bad arguments or config)."""
+    of cases written. crop: the in-plane window (brain_window; None: data.image_size, the
+    training crop; 0: whole slices). Raises DataError (bad inputs), FileExistsError
+    (outputs exist), FileNotFoundError (no checkpoint), UsageError / ValueError (bad
+    arguments or config)."""
     from fuse4seg_jax import inference
 
     if batch_size < 1:
         raise UsageError(f"--batch_size={batch_size} must be >= 1")
+    crop = int(config.data.image_size if crop is None else crop)
+    if crop < 0:
+        raise UsageError(f"--crop={crop} must be >= 0 (0: whole slices)")
     if overwrite and skip_existing:
         raise UsageError("give at most one of --overwrite and --skip_existing")
     modalities = tuple(config.data.modalities)
@@ -234,18 +290,19 @@ def predict(config, workdir, input_path, out, *, overwrite=False, skip_existing=
     log(f"checkpoint step {predictor.step} of {os.path.abspath(workdir)} ({what}; "
         f"{time.time() - t_load:.1f} s); {len(todo)} of {len(cases)} cases to predict, "
         f"batch {batch_size} on {predictor.mesh.devices.size} device(s)")  # fmt: skip
-    t_start, total, shapes = time.time(), 0, set()
+    t_start, total = time.time(), 0
     for i, case_dir in enumerate(todo, 1):
-        t0 = time.time()
+        t0, compiled = time.time(), len(predictor.executables)
         try:
-            h, w, n = predict_case(predictor, case_dir, out, modalities)
+            _, _, n = predict_case(predictor, case_dir, out, modalities, crop)
         except DataError as e:
             raise DataError(e.path, f"{e.problem} ({i - 1} of {len(todo)} cases written)") from e
         total += n
-        shape = predictor.padded_shape(h, w)
-        note = "" if shape in shapes else f" ({h}x{w}: compilation included)"
-        shapes.add(shape)
-        log(f"[{i}/{len(todo)}] {case_dir.name}: {n} slices, {time.time() - t0:.1f} s{note}")
+        new = list(predictor.executables)[compiled:]
+        note = "".join(f" ({b}x{h}x{w} batches: compilation included)" for b, h, w, _ in new)
+        eta = (time.time() - t_start) / i * (len(todo) - i)
+        left = f", about {eta:.0f} s left" if i < len(todo) else ""
+        log(f"[{i}/{len(todo)}] {case_dir.name}: {n} slices, {time.time() - t0:.1f} s{note}{left}")
     elapsed = time.time() - t_start
     rate = f" ({total / elapsed:.0f} slices/s)" if elapsed > 0 and total else ""
     log(f"predicted {len(todo)} cases, {total} slices in {elapsed:.1f} s{rate} -> "
@@ -260,7 +317,8 @@ def main(argv):
     cli.use_compilation_cache()
     try:
         predict(FLAGS.config, FLAGS.workdir, FLAGS.input, FLAGS.out, overwrite=FLAGS.overwrite,
-                skip_existing=FLAGS.skip_existing, batch_size=FLAGS.batch_size)  # fmt: skip
+                skip_existing=FLAGS.skip_existing, batch_size=FLAGS.batch_size,
+                crop=FLAGS.crop)  # fmt: skip
     except UsageError as e:
         cli.fail(str(e), 2)
     except (DataError, FileExistsError, FileNotFoundError, ValueError) as e:

@@ -84,7 +84,8 @@ def test_predictor_batches_and_pads_without_changing_the_outputs(run):
 def test_predict_writes_the_models_outputs_on_the_inputs_grid(run, cases, tmp_path):
     config, workdir = run
     lines = []
-    n = predict.predict(config, workdir, cases, tmp_path / "out", log=lines.append)
+    out = tmp_path / "out"
+    n = predict.predict(config, workdir, cases, out, crop=0, log=lines.append)  # whole slices
     assert n == 2 and lines[-1].startswith("predicted 2 cases, 20 slices")
     assert any(line.startswith("[1/2] BraTS-GLI-00002-000: 10 slices") for line in lines)
     predictor = inference.load_trained(config, workdir)
@@ -121,6 +122,47 @@ def test_predict_writes_the_models_outputs_on_the_inputs_grid(run, cases, tmp_pa
         et_seen |= bool((pred == 3).any())
     assert et_seen, "no enhancing tumour predicted: the label mapping went untested"
     assert not [p for p in (tmp_path / "out").rglob(".tmp-*")]
+
+
+def _off_centre_case():
+    """A phantom brain (0 outside, as brats.normalise leaves it) placed off-centre in a
+    larger empty field of view, with empty slices above and below: (80, 72, 14, 2)."""
+    case = phantom.make_case(210, shape=SHAPE, spacing=(4, 4, 5), modalities=("t1ce", "flair"))
+    volume = np.zeros((80, 72, 14, 2), np.float32)
+    volume[30:74, 4:44, 2:12] = case["modalities"] * (case["mask"][..., None] > 0)
+    return volume
+
+
+def _extent(mask, axis):
+    """(first, last + 1) index along `axis` where the 3D mask has any voxel."""
+    on = np.flatnonzero(mask.any(axis=tuple({0, 1, 2} - {axis})))
+    return int(on[0]), int(on[-1]) + 1
+
+
+def test_brain_window_holds_the_brain_and_outside_it_is_background(run):
+    config, workdir = run
+    volume = _off_centre_case()
+    brain = volume.max(axis=-1) > 0
+    window = predict.brain_window(volume, crop=32)
+    x, y, z = window
+    assert (z.start, z.stop) == _extent(brain, 2)  # exactly the slices with brain
+    for axis, s in ((0, x), (1, y)):
+        lo, hi = _extent(brain, axis)
+        assert s.start <= lo and hi <= s.stop  # every brain voxel is inside
+        side = s.stop - s.start
+        assert side >= max(32, hi - lo) and (side == 32 or side % 16 == 0)
+    assert (x.stop - x.start) * (y.stop - y.start) < 80 * 72  # the window saves work
+    predictor = inference.load_trained(config, workdir, batch_size=4)
+    out = predict._predict_volume(predictor, volume, crop=32)
+    inside = np.zeros(volume.shape[:3], bool)
+    inside[window] = True
+    assert not out["pred"][~inside].any() and not out["fused"][~inside].any()
+    expected = predictor.predict(np.moveaxis(volume[window], 2, 0))
+    np.testing.assert_array_equal(out["pred"][window], np.moveaxis(expected["pred"], 0, 2))
+    np.testing.assert_allclose(out["fused"][window], np.moveaxis(expected["fused"], 0, 2))
+    assert predict.brain_window(volume, crop=0) == (slice(0, 80), slice(0, 72), slice(0, 14))
+    empty = predict._predict_volume(predictor, np.zeros_like(volume), crop=32)
+    assert not empty["pred"].any() and not empty["fused"].any()
 
 
 def test_cli_refuses_existing_outputs_and_overwrites_when_asked(run, cases, tmp_path):
