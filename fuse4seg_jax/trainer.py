@@ -113,16 +113,7 @@ def train_and_evaluate(config, workdir: str, *, stop_at: int | None = None) -> d
     ckpt = Checkpointer(
         workdir, every=config.train.checkpoint_every, keep=config.train.keep_checkpoints
     )
-    start = 0
-    if ckpt.latest_step() is not None:
-        state, meta = ckpt.restore(state)
-        start = int(state.step)
-        if meta.get("data_position") != start:
-            raise RuntimeError(
-                f"checkpoint {ckpt.latest_step()} in {ckpt.directory} is inconsistent: state step "
-                f"{start}, input position {meta.get('data_position')}"
-            )
-        log(f"resumed from checkpoint at step {start} in {ckpt.directory}")
+    state, start = _resume(ckpt, state)
     if jax.process_index() == 0:
         report.write_json(f"{workdir}/config.json", json.loads(config.to_json_best_effort()))
     writer = MetricWriter(workdir, resume_step=start)
@@ -186,28 +177,8 @@ def train_and_evaluate(config, workdir: str, *, stop_at: int | None = None) -> d
             else:
                 timed += 1
             if step % config.train.log_every == 0 or step == num_steps:
-                values = jax.device_get(window)
-                means = {k: float(np.mean([v[k] for v in values])) for k in values[0]}
-                bad = [k for k, v in means.items() if not np.isfinite(v)]
-                if bad:
-                    raise NonFiniteLossError(
-                        f"non-finite {', '.join(bad)} at step {step}: stopping (last "
-                        f"checkpoint: {ckpt.latest_step()}); try a lower optim.learning_rate "
-                        "or bilevel.inner_lr"
-                    )
-                elapsed = time.time() - window_start
-                rate = max(timed, 1) / max(elapsed, 1e-9)
-                writer.write(
-                    step,
-                    {f"train/{k}": v for k, v in means.items()} | {"train/steps_per_second": rate},
-                )
-                losses = " ".join(
-                    f"{k} {means[k]:.4f}" for k in ("loss_seg", "loss_fuse") if k in means
-                )
-                log(
-                    f"step {step:>6}/{num_steps} | {losses} | {rate:.2f} steps/s | "
-                    f"ETA {_eta((num_steps - step) / rate)}"
-                )
+                rate = max(timed, 1) / max(time.time() - window_start, 1e-9)
+                _log_window(window, step, num_steps, rate, writer, ckpt.latest_step())
                 window, timed, window_start = [], 0, time.time()
             if step % config.train.eval_every == 0 and step != num_steps:
                 scores = evaluate(p_eval, state, eval_examples, mesh, config.train.eval_batch_size)[
@@ -221,18 +192,16 @@ def train_and_evaluate(config, workdir: str, *, stop_at: int | None = None) -> d
                     raise RuntimeError(f"parameter replicas differ after step {step}")
                 log(f"replicas agree after step {step} ({jax.process_count()} processes)")
             ckpt.save(step, state, meta(step))
-            if stopper.should_stop():
+            preempted = stopper.should_stop()
+            if preempted or (stop_at is not None and step >= stop_at):
                 ckpt.save(step, state, meta(step), force=True)
                 ckpt.close()
                 writer.close()
-                raise preemption.Preempted(
-                    f"stopped by {stopper.received} after step {step}: checkpoint saved in "
-                    f"{ckpt.directory}; rerun the same command to resume"
-                )
-            if stop_at is not None and step >= stop_at:
-                ckpt.save(step, state, meta(step), force=True)
-                ckpt.close()
-                writer.close()
+                if preempted:
+                    raise preemption.Preempted(
+                        f"stopped by {stopper.received} after step {step}: checkpoint saved "
+                        f"in {ckpt.directory}; rerun the same command to resume"
+                    )
                 log(f"stopped at step {step} as asked; rerun to resume")
                 return None
 
@@ -242,11 +211,51 @@ def train_and_evaluate(config, workdir: str, *, stop_at: int | None = None) -> d
     writer.write(num_steps, {f"eval/{k}": v for k, v in result["scores"].items()})
     writer.close()
     run_stats = {
-        "loop_run_stats_this_run": time.time() - loop_start,
+        "train_loop_seconds": time.time() - loop_start,  # this invocation (not resumed parts)
         "step_memory_bytes": step_memory,
     }
     if "pred" not in result:
         return _finish_fusion_only(config, workdir, eval_examples, result, run_stats)
+    return _finish(config, workdir, eval_examples, result, run_stats)
+
+
+def _resume(ckpt, state):
+    """(state, first step) from the latest checkpoint, or (state, 0) without one."""
+    if ckpt.latest_step() is None:
+        return state, 0
+    state, meta = ckpt.restore(state)
+    start = int(state.step)
+    if meta.get("data_position") != start:
+        raise RuntimeError(
+            f"checkpoint {ckpt.latest_step()} in {ckpt.directory} is inconsistent: state step "
+            f"{start}, input position {meta.get('data_position')}"
+        )
+    log(f"resumed from checkpoint at step {start} in {ckpt.directory}")
+    return state, start
+
+
+def _log_window(window, step, num_steps, rate, writer, last_checkpoint):
+    """Means of the window's step metrics: checked finite, written and printed."""
+    values = jax.device_get(window)
+    means = {k: float(np.mean([v[k] for v in values])) for k in values[0]}
+    bad = [k for k, v in means.items() if not np.isfinite(v)]
+    if bad:
+        raise NonFiniteLossError(
+            f"non-finite {', '.join(bad)} at step {step}: stopping (last checkpoint: "
+            f"{last_checkpoint}); try a lower optim.learning_rate or bilevel.inner_lr"
+        )
+    writer.write(
+        step, {f"train/{k}": v for k, v in means.items()} | {"train/steps_per_second": rate}
+    )
+    losses = " ".join(f"{k} {means[k]:.4f}" for k in ("loss_seg", "loss_fuse") if k in means)
+    log(
+        f"step {step:>6}/{num_steps} | {losses} | {rate:.2f} steps/s | "
+        f"ETA {_eta((num_steps - step) / rate)}"
+    )
+
+
+def _finish(config, workdir, eval_examples, result, run_stats):
+    """Final report of a segmenting run (results.json, figure); returns Dice per region."""
     dice = {r: result["scores"][f"dice_{r}"] for r in REGION_NAMES}
     result["dice"] = dice
     contrast = None
