@@ -8,6 +8,8 @@ Hardware: one GPU or TPU host (it also runs on CPU, slowly). The phantom at
 128x128 with the small networks; about 10k bi-level steps.
 """
 
+import os
+
 import ml_collections
 
 
@@ -30,7 +32,7 @@ def get_config():
     # Real data (data.name = "brats_fuse"): the BraTS folder of case folders (manual dir),
     # where the built TFDS dataset goes, and the BraTS-Fuse protocol (data/tfds_brats_fuse.py).
     config.data.manual_dir = ""
-    config.data.tfds_dir = "~/.cache/fuse4seg_jax/tfds"
+    config.data.tfds_dir = os.environ.get("FUSE4SEG_TFDS_DIR", "~/.cache/fuse4seg_jax/tfds")
     config.data.min_tumour_area = 100
     config.data.max_pairs = 2040
     config.data.split_seed = 0
