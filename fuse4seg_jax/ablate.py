@@ -196,10 +196,7 @@ def _plot_curves(path, summaries, report):
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=8)
     fig.tight_layout()
-    tmp = report.atomic_path(path)
-    fig.savefig(tmp, dpi=110, format="png")
-    plt.close(fig)
-    os.replace(tmp, path)
+    report.save_png(fig, path)
 
 
 def main():

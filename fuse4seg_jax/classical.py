@@ -16,11 +16,13 @@ through) in [0, 1]. All are pure `jax.numpy`, have no parameters and jit.
   per band, per pixel, keep the detail coefficient of largest magnitude;
   average the coarsest (base) band; reconstruct.
 
-`METHODS` maps names to functions, `get(name)` looks one up.
+`METHODS` maps names to functions, `get(name)` looks one up, `host_fuser(name)`
+runs one on host arrays (evaluate, export).
 """
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from fuse4seg_jax import filters
 from fuse4seg_jax.dtypes import at_least_f32
@@ -171,3 +173,17 @@ def get(name):
     if name not in METHODS:
         raise ValueError(f"unknown classical fusion {name!r}; valid names: {sorted(METHODS)}")
     return METHODS[name]
+
+
+def host_fuser(name, batch_size: int = 32):
+    """fn(modalities (N, H, W, M) host array) -> fused (N, H, W) float32 numpy: the method
+    `name`, jitted, over batches of at most `batch_size` images."""
+    method = get(name)
+    fuse = jax.jit(lambda x: method(x)[..., 0])
+
+    def run(modalities):
+        x = np.asarray(modalities, np.float32)
+        parts = [np.asarray(fuse(x[i : i + batch_size])) for i in range(0, len(x), batch_size)]
+        return np.concatenate(parts) if parts else np.zeros(x.shape[:3], np.float32)
+
+    return run

@@ -31,8 +31,6 @@ from fuse4seg_jax import cli
 cli.default_cpu_devices()
 
 import csv  # noqa: E402
-import shutil  # noqa: E402
-import tempfile  # noqa: E402
 import time  # noqa: E402
 
 import numpy as np  # noqa: E402
@@ -69,17 +67,6 @@ def load_split(config, split: str) -> dict:
             data.eval_split = split
     train, held_out = sources.load(data, config.seed)
     return train if split == "train" else held_out
-
-
-def fusion_rows(fused, modalities, convention: str) -> list[dict]:
-    """Fusion metrics per image (fused (N,H,W) in [0,1] vs the first two sources)."""
-    from fuse4seg_jax.metrics import fusion
-
-    rows = []
-    for f, m in zip(fused, modalities, strict=True):
-        a, b = fusion.source_to_grey(m[..., 0]), fusion.source_to_grey(m[..., 1])
-        rows.append(fusion.fusion_metrics(fusion.to_mmif_grey(f), a, b, convention=convention))
-    return rows
 
 
 def _mean_sd(values) -> str:
@@ -142,17 +129,18 @@ def evaluate(config, out: str, *, workdir=None, classical=None, split=None,
     fusion_keys = []
     if "fused" in outputs and examples["modalities"].shape[-1] == 2:
         t0 = time.time()
-        for row, f in zip(slice_rows, fusion_rows(outputs["fused"], examples["modalities"],
-                                                  convention), strict=True):  # fmt: skip
+        from fuse4seg_jax.metrics import fusion
+
+        scores = fusion.network_fusion_metrics(outputs["fused"], examples["modalities"], convention)
+        for row, f in zip(slice_rows, scores, strict=True):
             row.update(f)
         fusion_keys = [k for k in slice_rows[0] if k[0].isupper()]
         _log(f"fusion metrics ({convention}) in {time.time() - t0:.1f}s")
     seg_keys = [k for k in (case_rows[0] if case_rows else {}) if k not in ("level", "case_id")]
 
-    parent = os.path.dirname(out)
-    os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(dir=parent, prefix=f".{os.path.basename(out)}.partial-")
-    try:
+    from fuse4seg_jax import evaluate_figures
+
+    with report.atomic_dir(out) as tmp:
         _write_csv(os.path.join(tmp, "metrics.csv"), slice_rows + case_rows)
         lines = [
             f"# Evaluation: {source}",
@@ -169,15 +157,7 @@ def evaluate(config, out: str, *, workdir=None, classical=None, split=None,
             lines += _summary_table(f"Fusion metrics, `{convention}` convention (per image)",
                                     slice_rows, fusion_keys)  # fmt: skip
         report.write_text(os.path.join(tmp, "summary.md"), "\n".join(lines))
-        from fuse4seg_jax import evaluate_figures
-
         evaluate_figures.write_all(tmp, config, examples, outputs, case_rows, num_figure_cases)
-        if os.path.exists(out):
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     _log(f"wrote {out}/summary.md, metrics.csv and figures")
     summary = {k: float(np.nanmean([r[k] for r in case_rows])) for k in seg_keys}
     summary |= {k: float(np.nanmean([r[k] for r in slice_rows])) for k in fusion_keys}
@@ -189,13 +169,9 @@ def _predict(config, modalities, workdir, classical_name) -> dict:
         from fuse4seg_jax import inference
 
         return inference.load_trained(config, workdir).predict(modalities)
-    import jax
-
     from fuse4seg_jax import classical
 
-    fuse = jax.jit(lambda x: classical.get(classical_name)(x)[..., 0])
-    return {"fused": np.concatenate([np.asarray(fuse(modalities[i : i + 32]))
-                                     for i in range(0, len(modalities), 32)])}  # fmt: skip
+    return {"fused": classical.host_fuser(classical_name)(modalities)}
 
 
 def _write_csv(path, rows):

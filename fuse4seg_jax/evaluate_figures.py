@@ -45,10 +45,7 @@ def _boxplot(path, case_rows):
     ax.set_title(f"Dice per region ({len(case_rows)} cases)")
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
-    tmp = report.atomic_path(path)
-    fig.savefig(tmp, dpi=110, format="png")
-    plt.close(fig)
-    os.replace(tmp, path)
+    report.save_png(fig, path)
 
 
 def write_all(folder, config, examples, outputs, case_rows, num_cases: int):

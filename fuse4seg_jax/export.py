@@ -17,9 +17,10 @@ and ground truth"):
 
 The fused image comes from a trained checkpoint (`--workdir`: its latest
 checkpoint; the config must be the run's) or from a classical fusion
-(`--method mean` or `max`). Slices are exported whole (not cropped). The
-export is written to a temporary folder beside `--out` and renamed when
-complete; an existing `--out` is refused unless `--overwrite`.
+(`--method mean`, `max`, `pca` or `laplacian`; classical.py). Slices are
+exported whole (not cropped). The export is written to a temporary folder
+beside `--out` and renamed when complete; an existing `--out` is refused
+unless `--overwrite`.
 """
 
 import os
@@ -29,14 +30,14 @@ from fuse4seg_jax import cli
 cli.default_cpu_devices()
 
 import csv  # noqa: E402
-import shutil  # noqa: E402
-import tempfile  # noqa: E402
 
 import numpy as np  # noqa: E402
 from absl import flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-CLASSICAL = {"mean": lambda m: m.mean(axis=-1), "max": lambda m: m.max(axis=-1)}
+from fuse4seg_jax import classical, report  # noqa: E402
+
+CLASSICAL = {name: classical.host_fuser(name) for name in classical.METHODS}
 
 FLAGS = flags.FLAGS
 
@@ -74,10 +75,34 @@ def _png(path, image01):
     Image.fromarray(np.round(np.clip(image01, 0, 1) * 255).astype(np.uint8)).save(path)
 
 
-def export(config, out: str, fuser, *, overwrite: bool = False, batch_size: int = 16) -> int:
-    """Writes the benchmark to `out` (see module docstring); returns the number of records."""
+def _write_record(folder, split, record, fused_image, names) -> dict:
+    """Writes one record's sources, fused image and label (PNG + NPY) under folder/split;
+    returns its index.csv row."""
     from PIL import Image
 
+    case = record["case_id"]
+    case = case.decode() if isinstance(case, bytes) else str(case)
+    stem = f"{case}_{int(record['slice_index']):03d}"
+    row = {"split": split, "case_id": case, "slice_index": int(record["slice_index"])}
+    if "spacing" in record:  # BraTS: in-plane voxel size in mm
+        row["spacing_x_mm"], row["spacing_y_mm"] = map(float, record["spacing"])
+    images = {n: record["modalities"][..., i] for i, n in enumerate(names)}
+    images["fused"] = np.asarray(fused_image, np.float32)
+    for name, image in images.items():
+        rel = os.path.join(split, f"{stem}_{name}")
+        np.save(os.path.join(folder, rel + ".npy"), image.astype(np.float32))
+        _png(os.path.join(folder, rel + ".png"), image)
+        row[name] = rel + ".png"
+    rel = os.path.join(split, f"{stem}_label")
+    label = record["label"].astype(np.uint8)
+    np.save(os.path.join(folder, rel + ".npy"), label)
+    Image.fromarray(label).save(os.path.join(folder, rel + ".png"))
+    row["label"] = rel + ".png"
+    return row
+
+
+def export(config, out: str, fuser, *, overwrite: bool = False, batch_size: int = 16) -> int:
+    """Writes the benchmark to `out` (see module docstring); returns the number of records."""
     from fuse4seg_jax.data import sources, tfds_brats_fuse
 
     out = os.path.abspath(out)
@@ -85,11 +110,8 @@ def export(config, out: str, fuser, *, overwrite: bool = False, batch_size: int 
         raise FileExistsError(f"{out} exists: pass --overwrite to replace it")
     builder = sources.prepared_builder(config.data, config.seed)
     names = tuple(config.data.modalities)
-    parent = os.path.dirname(out)
-    os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(dir=parent, prefix=f".{os.path.basename(out)}.partial-")
     rows = []
-    try:
+    with report.atomic_dir(out) as tmp:
         for split in sorted(builder.info.splits):
             os.makedirs(os.path.join(tmp, split))
             records = sorted(
@@ -100,44 +122,12 @@ def export(config, out: str, fuser, *, overwrite: bool = False, batch_size: int 
                 chunk = records[start : start + batch_size]
                 fused = fuser(np.stack([r["modalities"] for r in chunk]))
                 for record, fused_image in zip(chunk, fused, strict=True):
-                    case = record["case_id"]
-                    case = case.decode() if isinstance(case, bytes) else str(case)
-                    stem = f"{case}_{int(record['slice_index']):03d}"
-                    row = {
-                        "split": split,
-                        "case_id": case,
-                        "slice_index": int(record["slice_index"]),
-                    }
-                    if "spacing" in record:  # BraTS: in-plane voxel size in mm
-                        row["spacing_x_mm"], row["spacing_y_mm"] = map(float, record["spacing"])
-                    images = {n: record["modalities"][..., i] for i, n in enumerate(names)}
-                    images["fused"] = np.asarray(fused_image, np.float32)
-                    for name, image in images.items():
-                        rel = os.path.join(split, f"{stem}_{name}")
-                        np.save(os.path.join(tmp, rel + ".npy"), image.astype(np.float32))
-                        _png(os.path.join(tmp, rel + ".png"), image)
-                        row[name] = rel + ".png"
-                    rel = os.path.join(split, f"{stem}_label")
-                    label = record["label"].astype(np.uint8)
-                    np.save(os.path.join(tmp, rel + ".npy"), label)
-                    Image.fromarray(label).save(os.path.join(tmp, rel + ".png"))
-                    row["label"] = rel + ".png"
-                    rows.append(row)
+                    rows.append(_write_record(tmp, split, record, fused_image, names))
             print(f"exported {split}: {len(records)} records", flush=True)
         with open(os.path.join(tmp, "index.csv"), "w", newline="") as f:
             writer = csv.DictWriter(f, fieldnames=list(rows[0]))
             writer.writeheader()
             writer.writerows(rows)
-        if os.path.exists(out):
-            old = out + ".old"
-            os.replace(out, old)
-            os.replace(tmp, out)
-            shutil.rmtree(old)
-        else:
-            os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return len(rows)
 
 

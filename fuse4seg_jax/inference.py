@@ -74,13 +74,17 @@ class Predictor:
 
         self._run = jax.jit(run, in_shardings=(repl, batch_sh), out_shardings=batch_sh)
         self._eval_fn = eval_fn
+        self._keys_for = {}  # num_modalities -> output keys
         self.executables = {}  # (B, H', W', M) -> compiled executable
 
     def output_keys(self, num_modalities: int) -> tuple:
-        """The keys `predict` returns for images with `num_modalities` channels."""
-        x = jax.ShapeDtypeStruct((1, self.multiple, self.multiple, num_modalities), np.float32)
-        out = jax.eval_shape(lambda s, b: self._eval_fn(s, {"modalities": b}), self.state, x)
-        return tuple(k for k in self.keys if k in out)
+        """The keys `predict` returns for images with `num_modalities` channels (traced
+        once per channel count)."""
+        if num_modalities not in self._keys_for:
+            x = jax.ShapeDtypeStruct((1, self.multiple, self.multiple, num_modalities), np.float32)
+            out = jax.eval_shape(lambda s, b: self._eval_fn(s, {"modalities": b}), self.state, x)
+            self._keys_for[num_modalities] = tuple(k for k in self.keys if k in out)
+        return self._keys_for[num_modalities]
 
     def padded_shape(self, h: int, w: int) -> tuple:
         """(batch_size, H', W'): the shape one compiled call sees for H x W images."""

@@ -6,8 +6,10 @@ in the usual BraTS colours (necrotic core red, oedema green, enhancing
 tumour yellow). Files are written atomically (temp file + rename).
 """
 
+import contextlib
 import json
 import os
+import shutil
 import tempfile
 
 import numpy as np
@@ -27,6 +29,46 @@ def atomic_path(path):
     os.umask(umask)
     os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give outputs the usual permissions
     return tmp
+
+
+def save_png(fig, path, dpi: int = 110):
+    """Saves a Matplotlib figure to `path` as PNG atomically (temp file + rename), then
+    closes it; a failed save leaves neither `path` changed nor a temp file behind."""
+    import matplotlib.pyplot as plt
+
+    tmp = atomic_path(path)
+    try:
+        fig.savefig(tmp, dpi=dpi, format="png")
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+    finally:
+        plt.close(fig)
+
+
+@contextlib.contextmanager
+def atomic_dir(out):
+    """Yields a fresh folder beside `out` to write into; when the block completes it becomes
+    `out` (an existing `out` is moved aside first and removed after), when it raises it is
+    removed and `out` is left as it was."""
+    out = os.path.abspath(out)
+    parent = os.path.dirname(out)
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(dir=parent, prefix=f".{os.path.basename(out)}.partial-")
+    try:
+        yield tmp
+        if os.path.exists(out):
+            old = out + ".old"
+            os.replace(out, old)
+            os.replace(tmp, out)
+            shutil.rmtree(old)
+        else:
+            os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
 
 
 def write_text(path, text: str):
@@ -91,10 +133,7 @@ def save_figure(path, modalities, fused, labels, preds, modality_names, titles=N
         fontsize=9,
     )
     fig.tight_layout(rect=(0, 0.02, 1, 1))
-    tmp = atomic_path(path)
-    fig.savefig(tmp, dpi=110, format="png")
-    plt.close(fig)
-    os.replace(tmp, path)
+    save_png(fig, path)
 
 
 def save_fusion_figure(path, modalities, fused, modality_names, chroma=None, titles=None):
@@ -128,7 +167,4 @@ def save_fusion_figure(path, modalities, fused, modality_names, chroma=None, tit
         if titles is not None:
             axes[i, 0].set_ylabel(titles[i], fontsize=8)
     fig.tight_layout()
-    tmp = atomic_path(path)
-    fig.savefig(tmp, dpi=110, format="png")
-    plt.close(fig)
-    os.replace(tmp, path)
+    save_png(fig, path)

@@ -131,6 +131,7 @@ def train_and_evaluate(config, workdir: str, *, stop_at: int | None = None) -> d
             steps.make_diagnose_step(config), in_shardings=(repl, batch_sh), out_shardings=repl
         )
     num_steps = config.train.num_steps
+    check_every = config.train.get("check_replicas_every", 0)
     batches = pipeline.train_iterator(
         train_examples,
         batch_size=config.train.batch_size,
@@ -186,7 +187,6 @@ def train_and_evaluate(config, workdir: str, *, stop_at: int | None = None) -> d
                 ]
                 writer.write(step, {f"eval/{k}": v for k, v in scores.items()})
                 log("eval " + " ".join(f"{k} {v:.4f}" for k, v in scores.items()))
-            check_every = config.train.get("check_replicas_every", 0)
             if check_every and step % check_every == 0:
                 if not sharding.replicas_agree(state):
                     raise RuntimeError(f"parameter replicas differ after step {step}")
@@ -289,9 +289,8 @@ def fused_image_metrics(fused, modalities, convention="mmif"):
         return None
     from fuse4seg_jax.metrics import fusion
 
-    f = np.stack([fusion.to_mmif_grey(x) for x in fused])
-    a, b = fusion.source_to_grey(modalities[..., 0]), fusion.source_to_grey(modalities[..., 1])
-    values = fusion.fusion_metrics_batch(f, a, b, convention)
+    rows = fusion.network_fusion_metrics(fused, modalities, convention)
+    values = {k: np.array([r[k] for r in rows], np.float64) for k in fusion.METRIC_NAMES}
     return {k: float(np.nanmean(v)) if np.isfinite(v).any() else None for k, v in values.items()}
 
 

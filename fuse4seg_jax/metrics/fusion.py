@@ -328,6 +328,21 @@ def fusion_metrics_batch(fused_stack, a_stack, b_stack, convention="mmif") -> di
     return {k: np.array([r[k] for r in rows], np.float64) for k in METRIC_NAMES}
 
 
+def network_fusion_metrics(fused01, modalities01, convention="mmif") -> list[dict]:
+    """Per image, `fusion_metrics` of a network's fused outputs against their two sources,
+    on 8-bit grey levels as the published tables use them: fused (N, H, W) floats through
+    `to_mmif_grey`, modalities (N, H, W, 2) in [0, 1] through `source_to_grey`."""
+    modalities01 = np.asarray(modalities01)
+    if modalities01.ndim != 4 or modalities01.shape[-1] != 2:
+        raise ValueError(f"expected (N, H, W, 2) sources, got shape {modalities01.shape}")
+    return [
+        fusion_metrics(
+            to_mmif_grey(f), source_to_grey(m[..., 0]), source_to_grey(m[..., 1]), convention
+        )  # fmt: skip
+        for f, m in zip(fused01, modalities01, strict=True)
+    ]
+
+
 def to_mmif_grey(image01) -> np.ndarray:
     """A network's fused output (any shape, float) -> float64 grey levels 0..255:
     min-max normalised to [0,1], x255, rounded (what a saved 8-bit PNG holds).
