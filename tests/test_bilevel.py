@@ -10,7 +10,10 @@ All tests run in float64 inside `jax.enable_x64(True)` (an autouse fixture), so
 x64 does not leak into other test modules.
 """
 
+import ast
 import functools
+import inspect
+import pathlib
 
 import jax
 import jax.numpy as jnp
@@ -19,7 +22,7 @@ import pytest
 from jax.flatten_util import ravel_pytree
 
 from fuse4seg_jax import bilevel
-from fuse4seg_jax.bilevel import make_inner_optimizer
+from fuse4seg_jax.bilevel import core, make_inner_optimizer
 
 BIG = {"a": (2,), "b": (2, 2), "c": {"d": (3,)}}  # 9 entries
 SMALL = {"u": (3,), "v": (1, 2)}  # 5 entries
@@ -166,9 +169,9 @@ def test_implicit_term_is_nonzero():
 def test_product_kernels_match_quadratic():
     f, _, x, y0, arr = _quadratic(SMALL, BIG, seed=4)
     v = jax.tree.map(lambda a: jnp.cos(a + 1.0), y0)
-    hv = bilevel._hvp(f, x, y0, arr, v)
-    mixed = bilevel._mixed_product(f, x, y0, arr, v)
-    mixed_fwd, hv_fwd = bilevel._hvp_and_mixed(f, x, y0, arr, v)
+    hv = core.hvp(f, x, y0, arr, v)
+    mixed = core.mixed_product(f, x, y0, arr, v)
+    mixed_fwd, hv_fwd = core.hvp_and_mixed(f, x, y0, arr, v)
     np.testing.assert_allclose(_flat(hv), arr["A"] @ _flat(v), atol=1e-12)
     np.testing.assert_allclose(_flat(mixed), -arr["B"].T @ _flat(v), atol=1e-12)
     np.testing.assert_allclose(_flat(hv_fwd), _flat(hv), atol=1e-12)
@@ -324,3 +327,60 @@ def test_unknown_names_raise():
         )
     with pytest.raises(ValueError, match="adam"):
         make_inner_optimizer("rmsprop", 0.1)
+
+
+def test_method_options_match_signatures():
+    assert set(bilevel.METHOD_OPTIONS) == set(bilevel.METHODS)
+    for method in bilevel.METHODS:
+        params = inspect.signature(bilevel._IMPLS[method]).parameters.values()
+        assert not any(p.kind is p.VAR_KEYWORD for p in params), method
+        keyword_only = tuple(p.name for p in params if p.kind is p.KEYWORD_ONLY)
+        assert keyword_only == bilevel.METHOD_OPTIONS[method], method
+    union = {name for names in bilevel.METHOD_OPTIONS.values() for name in names}
+    assert union == set(bilevel.OPTION_DEFAULTS)
+
+
+def test_unknown_option_raises_and_method_options_picks():
+    sgd = make_inner_optimizer("sgd", 0.1)
+    f, F, x, y, arr = _quadratic(SMALL, SMALL)
+    with pytest.raises(TypeError, match="bogus_option"):
+        bilevel.hypergradient("joint", f, F, x, y, arr, arr, inner_optimizer=sgd, bogus_option=1)
+    settings = dict(bilevel.OPTION_DEFAULTS, cg_steps=3, inner_lr=0.5)  # plus a non-option key
+    assert bilevel.method_options("joint", settings) == {}
+    assert bilevel.method_options("implicit_cg", settings) == {
+        "inner_steps": 1, "cg_steps": 3, "cg_damping": 0.0,
+    }  # fmt: skip
+    assert bilevel.method_options("bdl", {"bdl_eps": 0.5}) == {"bdl_eps": 0.5}  # missing: default
+    with pytest.raises(ValueError, match="first_order"):
+        bilevel.method_options("nope", settings)
+    picked = bilevel.method_options("first_order", settings)
+    out = bilevel.hypergradient("first_order", f, F, x, y, arr, arr, inner_optimizer=sgd, **picked)
+    ref = bilevel.hypergradient("first_order", f, F, x, y, arr, arr, inner_optimizer=sgd)
+    np.testing.assert_array_equal(_flat(out.grad), _flat(ref.grad))
+
+
+def _absolute_imports(path):
+    """Module names imported by the file at `path`; relative imports must stay in its package."""
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            yield from (alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            assert node.level <= 1, f"{path.name}: relative import leaves the package"
+            if node.level:
+                continue
+            if node.module == "fuse4seg_jax":
+                yield from (f"fuse4seg_jax.{alias.name}" for alias in node.names)
+            else:
+                yield node.module
+
+
+def test_bilevel_package_is_a_leaf():
+    package = pathlib.Path(bilevel.__file__).parent
+    files = sorted(package.glob("*.py"))
+    assert {p.name for p in files} >= {"__init__.py", "core.py", "inner_optim.py"}
+    for path in files:
+        for name in _absolute_imports(path):
+            if name == "fuse4seg_jax" or name.startswith("fuse4seg_jax."):
+                assert name == "fuse4seg_jax.bilevel" or name.startswith("fuse4seg_jax.bilevel."), (
+                    f"{path.name} imports {name}"
+                )

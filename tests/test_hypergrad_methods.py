@@ -15,8 +15,8 @@ from jax.flatten_util import ravel_pytree
 from test_bilevel import ALPHA, BIG, ORIENTATIONS, RHO, SMALL, _closed_form, _flat, _mlp_problem
 from test_bilevel import _quadratic as _quadratic_problem
 
-from fuse4seg_jax import bilevel, hypergrad_core, hypergrad_onestep
-from fuse4seg_jax.bilevel import make_inner_optimizer
+from fuse4seg_jax import bilevel
+from fuse4seg_jax.bilevel import core, make_inner_optimizer, onestep
 
 hypergradient = jax.jit(
     bilevel.hypergradient,
@@ -157,20 +157,17 @@ def test_fd_mixed_product_matches_vjp():
     # Quadratic: f_xy is constant, so the central difference is exact up to rounding.
     f, _, x, y0, arr = _quadratic_problem(SMALL, BIG, seed=14)
     v = jax.tree.map(lambda a: jnp.cos(3 * a), y0)
-    fd = hypergrad_onestep.fd_mixed_product(f, x, y0, arr, v)
-    exact = hypergrad_core.mixed_product(f, x, y0, arr, v)
+    fd = onestep.fd_mixed_product(f, x, y0, arr, v)
+    exact = core.mixed_product(f, x, y0, arr, v)
     np.testing.assert_allclose(_flat(fd), _flat(exact), rtol=1e-12, atol=1e-13)
     # Non-quadratic MLP: agreement to O(eps^2) with eps = 0.01 / |v|.
     f, _, x, y, inner_batch, _ = _mlp_problem(seed=15)
     v = jax.tree.map(lambda a: jnp.sin(a), y)
-    fd = hypergrad_onestep.fd_mixed_product(f, x, y, inner_batch, v)
-    exact = hypergrad_core.mixed_product(f, x, y, inner_batch, v)
+    fd = onestep.fd_mixed_product(f, x, y, inner_batch, v)
+    exact = core.mixed_product(f, x, y, inner_batch, v)
     np.testing.assert_allclose(_flat(fd), _flat(exact), rtol=1e-4, atol=1e-8)
     zero = jax.tree.map(jnp.zeros_like, v)
-    assert (
-        float(jnp.abs(_flat(hypergrad_onestep.fd_mixed_product(f, x, y, inner_batch, zero))).max())
-        == 0
-    )
+    assert float(jnp.abs(_flat(onestep.fd_mixed_product(f, x, y, inner_batch, zero))).max()) == 0
 
 
 @pytest.mark.parametrize("orientation", list(ORIENTATIONS))

@@ -34,8 +34,8 @@ derivatives, the outer batch F.
 import jax
 import jax.numpy as jnp
 
-from fuse4seg_jax import hypergrad_core as core
-from fuse4seg_jax.hypergrad_core import Hypergradient
+from fuse4seg_jax.bilevel import core
+from fuse4seg_jax.bilevel.core import Hypergradient
 
 
 def fd_mixed_product(inner_loss, x, y, batch, v):
@@ -51,7 +51,7 @@ def fd_mixed_product(inner_loss, x, y, batch, v):
     )
 
 
-def darts(problem, *, inner_steps, darts_xi=0.01, darts_fd=False, **_):
+def darts(problem, *, inner_steps, darts_xi, darts_fd):
     y, state, inner_value, inner_aux = core.warm_start(problem, inner_steps)
     x, inner_loss, batch = problem.x, problem.inner_loss, problem.inner_batch
     if darts_fd:
@@ -71,7 +71,7 @@ def darts(problem, *, inner_steps, darts_xi=0.01, darts_fd=False, **_):
     return Hypergradient(grad, y, state, aux)
 
 
-def bdl(problem, *, inner_steps, bdl_eps=1e-12, **_):
+def bdl(problem, *, inner_steps, bdl_eps):
     y, state, inner_value, inner_aux = core.warm_start(problem, inner_steps)
     (outer_value, outer_aux), (outer_x, outer_y) = core.outer_value_and_grads(problem, y)
     inner_x, inner_y = jax.grad(core.value_only(problem.inner_loss), argnums=(0, 1))(

@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from fuse4seg_jax.inner_optim import InnerOptimizer
+from fuse4seg_jax.bilevel.inner_optim import InnerOptimizer
 
 # Inner loops of at most this many steps are unrolled in Python instead of `lax.scan`:
 # XLA:CPU ran a convolutional inner step about 20x slower inside a while loop (one SGD step of

@@ -1,7 +1,7 @@
 """Hypergradients through the inner optimiser: first_order, unrolled (optionally truncated), joint.
 
-Registered in `bilevel._IMPLS`; see the `bilevel` module docstring for the
-methods and `hypergrad_core` for the shared kernels.
+Registered in `bilevel._IMPLS` and `bilevel.METHOD_OPTIONS`; see the `bilevel`
+package docstring for the methods and `bilevel.core` for the shared kernels.
 
 Truncation (`truncate_steps = T > inner_steps = K`): T - K inner steps run in
 one undifferentiated scan, their result goes through `lax.stop_gradient`, and
@@ -14,11 +14,11 @@ residuals for the reverse pass (HYPERGRAD.md). Memory is then O(K P), flat in T
 import jax
 import jax.numpy as jnp
 
-from fuse4seg_jax import hypergrad_core as core
-from fuse4seg_jax.hypergrad_core import Hypergradient
+from fuse4seg_jax.bilevel import core
+from fuse4seg_jax.bilevel.core import Hypergradient
 
 
-def first_order(problem, *, inner_steps, **_):
+def first_order(problem, *, inner_steps):
     y, state, inner_value, inner_aux, _ = core.run_inner(problem, inner_steps)
     (outer_value, outer_aux), grad = jax.value_and_grad(
         problem.outer_loss, argnums=0, has_aux=True
@@ -83,7 +83,7 @@ def _unrolled_fwd_rev(problem, *, inner_steps):
     return Hypergradient(core.tree_add(grad_x, xbar), y_final, state_final, aux)
 
 
-def unrolled(problem, *, inner_steps, remat, second_order, truncate_steps=0, **_):
+def unrolled(problem, *, inner_steps, remat, second_order, truncate_steps):
     """Reverse mode through the last `inner_steps` of max(truncate_steps, inner_steps) steps."""
     prefix = max(int(truncate_steps), inner_steps) - inner_steps
     if prefix:
@@ -100,7 +100,7 @@ def unrolled(problem, *, inner_steps, remat, second_order, truncate_steps=0, **_
     return out
 
 
-def joint(problem, **_):
+def joint(problem):
     def objective(x, y, inner_batch, outer_batch):
         outer_value, outer_aux = problem.outer_loss(x, y, outer_batch)
         inner_value, inner_aux = problem.inner_loss(x, y, inner_batch)

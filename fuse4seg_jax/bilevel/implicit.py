@@ -34,8 +34,8 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from fuse4seg_jax import hypergrad_core as core
-from fuse4seg_jax.hypergrad_core import Hypergradient
+from fuse4seg_jax.bilevel import core
+from fuse4seg_jax.bilevel.core import Hypergradient
 
 
 def _safe_div(num, den):
@@ -94,7 +94,7 @@ def _relative_residual(b, hv):
     return lax.stop_gradient(jnp.sqrt(_safe_div(core.tree_vdot(r, r), core.tree_vdot(b, b))))
 
 
-def implicit_cg(problem, *, inner_steps, cg_steps=10, cg_damping=0.0, **_):
+def implicit_cg(problem, *, inner_steps, cg_steps, cg_damping):
     y, state, aux, grad_x, b, products = _setup(problem, inner_steps)
 
     def matvec(v):
@@ -114,7 +114,7 @@ def implicit_cg(problem, *, inner_steps, cg_steps=10, cg_damping=0.0, **_):
     return Hypergradient(_finish(grad_x, products, v), y, state, aux)
 
 
-def implicit_neumann(problem, *, inner_steps, neumann_steps=10, neumann_alpha=0.01, **_):
+def implicit_neumann(problem, *, inner_steps, neumann_steps, neumann_alpha):
     y, state, aux, grad_x, b, products = _setup(problem, inner_steps)
 
     def body(carry, _):
