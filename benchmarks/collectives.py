@@ -24,7 +24,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
-from fuse4seg_jax import bilevel, sharding, steps  # noqa: E402
+from fuse4seg_jax import bilevel, recipe, sharding  # noqa: E402
 
 _OPS = ("all-reduce", "all-gather", "reduce-scatter", "collective-permute", "all-to-all")
 _SHAPE = re.compile(r"(f32|bf16|f64|s32|u32|pred)\[([\d,]*)\]")
@@ -40,8 +40,9 @@ def _load_config(path):
 
 def count(config):
     mesh = sharding.make_mesh(0)
-    models, _, outer_tx, inner_opt, train, _ = steps.make_steps(config)
-    state = jax.jit(lambda: steps.init_state(config, *models, outer_tx, inner_opt))()
+    run = recipe.build(config)
+    train = run.train_step
+    state = jax.jit(run.init_state)()
     s = config.data.image_size
     b, m = config.train.batch_size, len(config.data.modalities)
     batch = {

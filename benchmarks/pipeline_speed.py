@@ -32,8 +32,8 @@ def main():
     import numpy as np
 
     from fuse4seg_jax import (
+        recipe,
         sharding,
-        steps,
         train,  # noqa: F401  (one CPU device per core, like the CLI)
     )
     from fuse4seg_jax.data import phantom, pipeline
@@ -75,13 +75,10 @@ def main():
 
     mesh = sharding.make_mesh(config.mesh.num_devices)
     repl, batch_sh = sharding.replicated(mesh), sharding.batch_sharding(mesh)
-    _, _, outer_tx, inner_opt, train_fn, _ = steps.make_steps(config)
-    fusion_model, seg_model = steps.build_models(config)
-    state = jax.device_put(
-        steps.init_state(config, fusion_model, seg_model, outer_tx, inner_opt), repl
-    )
+    run = recipe.build(config)
+    state = jax.device_put(run.init_state(), repl)
     step = jax.jit(
-        train_fn, in_shardings=(repl, batch_sh), out_shardings=(repl, repl), donate_argnums=0
+        run.train_step, in_shardings=(repl, batch_sh), out_shardings=(repl, repl), donate_argnums=0
     )
     device_batch = sharding.shard_batch({k: np.asarray(v) for k, v in batch.items()}, mesh)
     state, metrics = step(state, device_batch)

@@ -3,7 +3,7 @@
     .venv/bin/python benchmarks/predict_speed.py [--config configs/brats_fuse.py]
         [--size 240] [--depth 155] [--batch-size 16] [--crop -1] [--runs 3] [--devices N]
 
-Times what `python -m fuse4seg_jax.predict` runs per case (predict._predict_volume: the
+Times what `python -m fuse4seg_jax.predict` runs per case (case_prediction._predict_volume: the
 brain window's axial slices batched through the jitted networks and put back in place)
 on a phantom brain volume of that size at 1 mm voxels (its brain fills the field of view
 about as a BraTS brain does), with randomly initialised networks (no checkpoint: speed
@@ -57,19 +57,16 @@ def main():
     import jax
     import numpy as np
 
-    from fuse4seg_jax import inference, predict, steps
+    from fuse4seg_jax import case_prediction, inference, recipe
     from fuse4seg_jax.data import phantom
 
     spec = importlib.util.spec_from_file_location("cfg", args.config)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     config = module.get_config()
-    _, _, outer_tx, inner_opt, _, eval_fn = steps.make_steps(config)
-    fusion_model, seg_model = steps.build_models(config)
-    state = jax.jit(
-        lambda: steps.init_state(config, fusion_model, seg_model, outer_tx, inner_opt)
-    )()
-    predictor = inference.Predictor(eval_fn, state, batch_size=args.batch_size)
+    run = recipe.build(config)
+    state = jax.jit(run.init_state)()
+    predictor = inference.Predictor(run.eval_step, state, batch_size=args.batch_size)
     m = len(config.data.modalities)
     crop = config.data.image_size if args.crop < 0 else args.crop
     case = phantom.make_case(
@@ -77,10 +74,10 @@ def main():
         modalities=tuple(config.data.modalities),
     )  # fmt: skip
     x = (case["modalities"] * (case["mask"][..., None] > 0)).astype(np.float32)
-    window = predict.brain_window(x, crop)
+    window = case_prediction.brain_window(x, crop)
     shape = x[window].shape
     devices = predictor.mesh.devices.size
-    kind = config.model.get("kind", "fuse4seg")
+    kind = run.kind
     print(
         f"{config.model.fusion} + {config.model.segmentation} ({kind}),"
         f" case {args.size}x{args.size}x{args.depth}, {m} modalities, batch {args.batch_size}"
@@ -96,7 +93,7 @@ def main():
     times = []
     for i in range(args.runs + 1):  # the first run warms up (allocations, thread pools)
         t0 = time.perf_counter()
-        out = predict._predict_volume(predictor, x, crop)
+        out = case_prediction._predict_volume(predictor, x, crop)
         elapsed = time.perf_counter() - t0
         assert all(v.shape == x.shape[:3] for v in out.values())
         if i:

@@ -40,8 +40,8 @@ def main():
     import numpy as np
 
     from fuse4seg_jax import (
+        recipe,
         sharding,
-        steps,
         train,  # noqa: F401  (sets the CPU device count before jax starts)
     )
     from fuse4seg_jax.data import sources
@@ -71,13 +71,13 @@ def main():
         config.bilevel.method = method
         config.bilevel.inner = args.inner
         config.bilevel.inner_steps = args.inner_steps
-        _, _, outer_tx, inner_opt, train_fn, _ = steps.make_steps(config)
-        fusion_model, seg_model = steps.build_models(config)
-        state = jax.device_put(
-            steps.init_state(config, fusion_model, seg_model, outer_tx, inner_opt), repl
-        )
+        run = recipe.build(config)
+        state = jax.device_put(run.init_state(), repl)
         step = jax.jit(
-            train_fn, in_shardings=(repl, batch_sh), out_shardings=(repl, repl), donate_argnums=0
+            run.train_step,
+            in_shardings=(repl, batch_sh),
+            out_shardings=(repl, repl),
+            donate_argnums=0,
         )
         t = time.perf_counter()
         step = step.lower(state, batch).compile()

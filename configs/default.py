@@ -96,8 +96,9 @@ def get_config():
     config.bilevel.mu = 0.1
     # inner = "segmentation": outer objective L_fuse + beta * L_seg (semantic gradients).
     config.bilevel.beta = 1.0
-    # How the global batch feeds the two levels: "halves" (first half inner, second half
-    # outer) or "same" (both levels see the whole batch).
+    # How the global batch feeds the two levels: "halves" (even rows feed the inner level,
+    # odd rows the outer one; interleaved, so both halves spread evenly over the devices)
+    # or "same" (both levels see the whole batch).
     config.bilevel.batch_split = "halves"
 
     config.optim = ml_collections.ConfigDict()  # optax optimiser of the outer network

@@ -24,7 +24,6 @@ their latest checkpoint.
 """
 
 import copy
-import csv
 import json
 import os
 
@@ -32,6 +31,10 @@ import numpy as np
 
 from fuse4seg_jax.metric_writer import read_jsonl
 from fuse4seg_jax.regions import REGION_NAMES
+
+# The kinds `config.ablation.baselines` may name: recipe.BASELINE_KINDS. Not imported from
+# there: this module is imported by `python -m` before train.py has set up the devices
+# (cli.default_cpu_devices), so it must not import JAX at module level.
 
 FUSION_COLUMNS = ("EN", "SD", "SF", "AG", "MI", "SCD", "VIF", "Qabf", "SSIM")
 COLUMNS = [
@@ -47,13 +50,14 @@ COLUMNS = [
     "step_memory_mib",
     "hypergrad_cosine",
 ]
-BASELINES = ("two_stage", "early_fusion", "dual_encoder", "classical", "single")
 
 
 def baseline_overrides(spec: str) -> dict:
     """config.model overrides of a baseline spec such as "classical:pca" or "single:flair"."""
+    from fuse4seg_jax.recipe import BASELINE_KINDS
+
     kind, _, option = spec.partition(":")
-    if kind not in BASELINES or (kind in ("classical", "single")) != bool(option):
+    if kind not in BASELINE_KINDS or (kind in ("classical", "single")) != bool(option):
         raise ValueError(
             f"ablation.baselines entry {spec!r}: expected one of two_stage, early_fusion, "
             "dual_encoder, classical:<method>, single:<modality>"
@@ -69,7 +73,7 @@ def planned_runs(config) -> list[tuple[str, str, str, dict]]:
         for inner in config.ablation.inners
         for method in config.ablation.methods
     ]
-    for spec in config.ablation.get("baselines", ()):
+    for spec in config.ablation.baselines:
         runs.append((spec.replace(":", "-"), spec, "-", baseline_overrides(spec)))
     return runs
 
@@ -114,7 +118,8 @@ def _summarise(name, method, inner, run_dir) -> dict:
 
 def run_ablation(config, workdir: str) -> list[dict]:
     """Trains (or resumes, or reads back) every run; writes the table and the curves."""
-    from fuse4seg_jax import report, trainer
+    from fuse4seg_jax import atomic_files, trainer  # after the device set-up (see above)
+    from fuse4seg_jax.metric_writer import log
 
     summaries = []
     runs = planned_runs(config)
@@ -126,20 +131,20 @@ def run_ablation(config, workdir: str) -> list[dict]:
         else:
             run_config.bilevel.method, run_config.bilevel.inner = method, inner
         if _finished(run_dir, config.train.num_steps):
-            trainer.log(f"== [{i}/{len(runs)}] {name}: finished earlier, reading {run_dir}")
+            log(f"== [{i}/{len(runs)}] {name}: finished earlier, reading {run_dir}")
         else:
-            trainer.log(f"== [{i}/{len(runs)}] {name}: training in {run_dir}")
+            log(f"== [{i}/{len(runs)}] {name}: training in {run_dir}")
             trainer.train_and_evaluate(run_config, run_dir)
         summaries.append(_summarise(name, method, inner, run_dir))
     joint = {s["inner"]: s["step_ms"] for s in summaries if s["method"] == "joint"}
     reference = joint.get("fusion", next(iter(joint.values()), np.nan))
     for s in summaries:  # baselines are compared with the default orientation's joint step
         s["step_vs_joint"] = s["step_ms"] / joint.get(s["inner"], reference)
-    _write_csv(os.path.join(workdir, "results.csv"), summaries, report)
+    atomic_files.write_csv(os.path.join(workdir, "results.csv"), summaries, COLUMNS)
     table = markdown_table(summaries)
-    report.write_text(os.path.join(workdir, "results.md"), table + "\n")
-    _plot_curves(os.path.join(workdir, "curves.png"), summaries, report)
-    trainer.log(table)
+    atomic_files.write_text(os.path.join(workdir, "results.md"), table + "\n")
+    _plot_curves(os.path.join(workdir, "curves.png"), summaries)
+    log(table)
     return summaries
 
 
@@ -169,22 +174,13 @@ def markdown_table(summaries) -> str:
     return "\n".join(lines)
 
 
-def _write_csv(path, summaries, report):
-    tmp = report.atomic_path(path)
-    with open(tmp, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=COLUMNS, extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows(summaries)
-    os.replace(tmp, path)
+def _plot_curves(path, summaries):
+    from matplotlib.figure import Figure
 
+    from fuse4seg_jax import figures
 
-def _plot_curves(path, summaries, report):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+    fig = Figure(figsize=(10, 3.8))
+    axes = fig.subplots(1, 2)
     for s in summaries:
         steps, seg, fuse = zip(*s["curve"], strict=True)
         axes[0].plot(steps, seg, label=s["run"])
@@ -196,7 +192,7 @@ def _plot_curves(path, summaries, report):
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=8)
     fig.tight_layout()
-    report.save_png(fig, path)
+    figures.save_png(fig, path)
 
 
 def main():

@@ -1,6 +1,7 @@
 """The baselines Fuse4Seg is measured against, from the same code, data and budget.
 
-`config.model.kind` chooses what is trained (METHOD.md section 6):
+`config.model.kind` chooses what is trained (docs/METHOD.md section 6; which kind a config
+is, and how its step is put together, is resolved once by recipe.py):
 
 - "fuse4seg" (default): image-level fusion, the two networks coupled by the
   bi-level method `config.bilevel.method` (steps.py; `joint` is there too).
@@ -31,32 +32,9 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from fuse4seg_jax import losses, objectives, regions
+from fuse4seg_jax import classical, losses, objectives, regions
 from fuse4seg_jax.dtypes import at_least_f32
 from fuse4seg_jax.state import NetState, TrainState
-
-KINDS = ("fuse4seg", "two_stage", "classical", "single", "early_fusion", "dual_encoder")
-FEATURE_LEVEL = ("early_fusion", "dual_encoder")
-TRAINED_FUSION = ("fuse4seg", "two_stage")
-
-
-def kind_of(config) -> str:
-    return config.model.get("kind", "fuse4seg")
-
-
-def fusion_steps(config) -> int:
-    """two_stage: the number of stage-1 (fusion-only) steps."""
-    n = config.train.get("fusion_steps", 0)
-    return n if n > 0 else config.train.num_steps // 2
-
-
-def seg_model_name(config) -> str:
-    prefix = {"dual_encoder": "dual_", "early_fusion": "early_"}.get(kind_of(config), "")
-    return prefix + config.model.segmentation
-
-
-def seg_input_channels(config) -> int:
-    return len(config.data.modalities) if kind_of(config) in FEATURE_LEVEL else 1
 
 
 class Pipeline(NamedTuple):
@@ -67,16 +45,14 @@ class Pipeline(NamedTuple):
     seg_loss: object  # (logits, batch) -> (L_seg, parts)
 
 
-def build(config, fusion_model, seg_model) -> Pipeline:
-    kind = kind_of(config)
+def build(kind: str, config, fusion_model, seg_model) -> Pipeline:
+    """The functions of baseline `kind` (recipe.BASELINE_KINDS) for these networks."""
     if kind == "two_stage":
 
         def fuse(theta, batch):
             return at_least_f32(fusion_model.apply({"params": theta}, batch["modalities"]))
 
     elif kind == "classical":
-        from fuse4seg_jax import classical
-
         method = classical.get(config.model.classical)
 
         def fuse(theta, batch):
@@ -88,52 +64,25 @@ def build(config, fusion_model, seg_model) -> Pipeline:
         def fuse(theta, batch):
             return at_least_f32(batch["modalities"][..., index : index + 1])
 
-    elif kind in FEATURE_LEVEL:
+    elif kind in ("early_fusion", "dual_encoder"):  # feature-level: no fused image
         fuse = None
     else:
-        raise ValueError(f"model.kind={kind!r}: not a baseline kind; expected one of {KINDS[1:]}")
+        raise ValueError(f"model.kind={kind!r}: not a baseline kind")
 
     def segment(phi, x):
         return at_least_f32(seg_model.apply({"params": phi}, x))
 
+    seg_mode, w_ce, w_dice = config.model.seg_mode, config.loss.w_ce, config.loss.w_dice
+
     def seg_loss(logits, batch):
         return losses.segmentation_loss(
-            logits, batch["label"], mode=config.model.seg_mode,
-            w_ce=config.loss.w_ce, w_dice=config.loss.w_dice,
-        )  # fmt: skip
+            logits, batch["label"], mode=seg_mode, w_ce=w_ce, w_dice=w_dice
+        )
 
     def seg_input(theta, batch):
         return at_least_f32(batch["modalities"]) if fuse is None else fuse(theta, batch)
 
     return Pipeline(fuse, seg_input, segment, objectives.fusion_loss_fn(config.loss), seg_loss)
-
-
-def make_optimizers(config, make_tx):
-    """(fusion_tx or None, seg_tx): each schedule spans that network's own steps."""
-    total = config.train.num_steps
-    if kind_of(config) == "two_stage":
-        n_fuse = fusion_steps(config)
-        return make_tx(config.optim, n_fuse), make_tx(config.optim, max(total - n_fuse, 1))
-    return None, make_tx(config.optim, total)
-
-
-def init_state(config, fusion_model, seg_model, txs) -> TrainState:
-    fusion_tx, seg_tx = txs
-    k_fuse, k_seg, k_state = jax.random.split(jax.random.PRNGKey(config.seed), 3)
-    size = config.data.image_size
-    x = jnp.zeros((1, size, size, len(config.data.modalities)), jnp.float32)
-    fusion = NetState({}, ())
-    if fusion_model is not None:
-        theta = fusion_model.init(k_fuse, x)["params"]
-        fusion = NetState(theta, fusion_tx.init(theta))
-    seg_x = jnp.zeros((1, size, size, seg_input_channels(config)), jnp.float32)
-    phi = seg_model.init(k_seg, seg_x)["params"]
-    return TrainState(
-        step=jnp.zeros((), jnp.int32),
-        rng=k_state,
-        fusion=fusion,
-        seg=NetState(phi, seg_tx.init(phi)),
-    )
 
 
 def _monitor(pipe, fused, logits, batch):
@@ -177,17 +126,16 @@ def fusion_phase(state: TrainState, batch: dict, *, pipe, fusion_tx):
     return state.replace(fusion=fusion, step=state.step + 1), metrics
 
 
-def make_train_step(config, pipe, txs):
-    """The jittable (state, batch) -> (state, metrics) of this kind; metrics add `stage`."""
-    fusion_tx, seg_tx = txs
+def make_train_step(kind: str, pipe, fusion_tx, seg_tx, fusion_steps: int = 0):
+    """The jittable (state, batch) -> (state, metrics) of baseline `kind`; metrics add
+    `stage`. two_stage: `fusion_steps` stage-1 steps by `fusion_tx`, then `seg_tx`."""
 
     def seg_step(state, batch):
         new_state, metrics = segmentation_phase(state, batch, pipe=pipe, seg_tx=seg_tx)
         return new_state, metrics | {"stage": jnp.float32(2.0)}
 
-    if kind_of(config) != "two_stage":
+    if kind != "two_stage":
         return seg_step
-    n_fuse = fusion_steps(config)
 
     def fuse_step(state, batch):
         new_state, metrics = fusion_phase(state, batch, pipe=pipe, fusion_tx=fusion_tx)
@@ -198,7 +146,7 @@ def make_train_step(config, pipe, txs):
         # one, but XLA:CPU runs convolutions inside conditional branches (as inside loops,
         # STACK.md) several times slower: 0.5 steps/s against 4.1 for this form in the
         # comparison setting; the two phases together cost about one `joint` step.
-        first = state.step < n_fuse
+        first = state.step < fusion_steps
         stage1, stage2 = fuse_step(state, batch), seg_step(state, batch)
         return jax.tree.map(lambda a, b: jnp.where(first, a, b), stage1, stage2)
 

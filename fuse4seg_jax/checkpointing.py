@@ -1,7 +1,7 @@
 """Checkpoints: the only module that touches Orbax.
 
-A checkpoint holds the train state (both networks, optimiser states, step,
-RNG) and a small JSON record (the input pipeline position and the config).
+A checkpoint holds the train state (both networks, optimiser states, step)
+and a small JSON record (the input pipeline position and the config).
 Orbax writes each checkpoint to a temporary folder and renames it when
 complete, so an interrupted save never replaces the last good checkpoint.
 Restoring uses an abstract target carrying the current shardings, so a run
@@ -14,15 +14,38 @@ import jax
 import orbax.checkpoint as ocp
 
 
-class Checkpointer:
-    """Saves every `every` steps into `<workdir>/checkpoints`, keeping the last `keep`."""
+def directory(workdir: str) -> str:
+    """The folder of a workdir's checkpoints (absolute)."""
+    return os.path.abspath(os.path.join(workdir, "checkpoints"))
 
-    def __init__(self, workdir: str, *, every: int, keep: int = 2):
-        self.directory = os.path.abspath(os.path.join(workdir, "checkpoints"))
+
+def available_steps(workdir: str) -> list[int]:
+    """Sorted steps of the complete checkpoints of `workdir` ([] when it has none). Orbax
+    writes to a temporary name and renames when complete, so a save that was interrupted is
+    not listed."""
+    if not os.path.isdir(directory(workdir)):
+        return []
+    manager = ocp.CheckpointManager(
+        directory(workdir), options=ocp.CheckpointManagerOptions(create=False, read_only=True)
+    )
+    try:
+        return sorted(int(s) for s in manager.all_steps())
+    finally:
+        manager.close()
+
+
+class Checkpointer:
+    """Saves every `every` steps into `<workdir>/checkpoints`, keeping the last `keep`.
+    read_only: for restoring only (nothing is created, saved or deleted)."""
+
+    def __init__(self, workdir: str, *, every: int, keep: int = 2, read_only: bool = False):
+        self.directory = directory(workdir)
         self.every = every
         self._manager = ocp.CheckpointManager(
             self.directory,
-            options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True),
+            options=ocp.CheckpointManagerOptions(
+                max_to_keep=keep, create=not read_only, read_only=read_only
+            ),
         )
 
     def latest_step(self):

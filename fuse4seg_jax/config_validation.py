@@ -1,9 +1,8 @@
 """Checks a config before anything expensive runs; each error names the key and the problem."""
 
-from fuse4seg_jax import baselines, bilevel, objectives, steps
+from fuse4seg_jax import bilevel, classical, objectives, optimizers, recipe, steps
 from fuse4seg_jax.data import sources
-
-MODALITY_NAMES = ("t1", "t1ce", "t2", "flair")
+from fuse4seg_jax.data.brats import MODALITIES
 
 
 class ConfigError(ValueError):
@@ -15,6 +14,10 @@ def validate(config, num_devices: int):
         if not ok:
             raise ConfigError(f"{key}={config_value(config, key)!r}: {problem}")
 
+    def one_of(key, choices):
+        choices = tuple(choices)
+        need(config_value(config, key) in choices, key, f"expected one of {choices}")
+
     need(config.data.name in sources.DATASETS, "data.name", f"expected one of {sources.DATASETS}")
     if config.data.name == "brats_fuse":
         need(
@@ -22,11 +25,7 @@ def validate(config, num_devices: int):
             "data.manual_dir",
             "brats_fuse needs the BraTS folder of case folders",
         )
-    need(
-        config.data.eval_split in ("validation", "test"),
-        "data.eval_split",
-        "expected 'validation' or 'test'",
-    )
+    one_of("data.eval_split", sources.HELD_OUT_SPLITS)
     mods = tuple(config.data.modalities)
     if config.data.name == "harvard_mif":
         sets = {"MRI_CT": ("mri", "ct"), "MRI_PET": ("mri", "pet"), "MRI_SPECT": ("mri", "spect")}
@@ -49,56 +48,33 @@ def validate(config, num_devices: int):
     else:
         need(len(mods) >= 2, "data.modalities", "image-level fusion needs at least two modalities")
         need(
-            all(m in MODALITY_NAMES for m in mods) and len(set(mods)) == len(mods),
+            all(m in MODALITIES for m in mods) and len(set(mods)) == len(mods),
             "data.modalities",
-            f"expected distinct names from {MODALITY_NAMES}",
+            f"expected distinct names from {MODALITIES}",
         )
     need(config.data.image_size >= 16, "data.image_size", "must be at least 16")
     _validate_kind(config, need)
     _validate_method_options(config, need)
-    need(
-        config.bilevel.inner in objectives.ORIENTATIONS,
-        "bilevel.inner",
-        f"expected one of {objectives.ORIENTATIONS}",
-    )
-    need(
-        config.bilevel.method in bilevel.METHODS,
-        "bilevel.method",
-        f"expected one of {bilevel.METHODS}",
-    )
+    one_of("bilevel.inner", objectives.ORIENTATIONS)
+    one_of("bilevel.method", bilevel.METHODS)
     need(config.bilevel.inner_steps >= 1, "bilevel.inner_steps", "must be at least 1")
-    need(
-        config.bilevel.batch_split in steps.BATCH_SPLITS,
-        "bilevel.batch_split",
-        f"expected one of {steps.BATCH_SPLITS}",
-    )
-    need(
-        config.bilevel.second_order in ("fwd_rev", "grad"),
-        "bilevel.second_order",
-        "expected 'fwd_rev' or 'grad'",
-    )
-    need(
-        config.model.compute_dtype in steps.COMPUTE_DTYPES,
-        "model.compute_dtype",
-        f"expected one of {tuple(steps.COMPUTE_DTYPES)}",
-    )
+    one_of("bilevel.batch_split", steps.BATCH_SPLITS)
+    one_of("bilevel.second_order", bilevel.SECOND_ORDER)
+    one_of("model.compute_dtype", recipe.COMPUTE_DTYPES)
     need(
         config.model.seg_mode in ("softmax", "regions"),
         "model.seg_mode",
         "expected 'softmax' or 'regions'",
     )
-    halves = (
-        config.bilevel.batch_split == "halves"
-        and config.model.segmentation != "none"
-        and steps.bilevel_kind(config)
-    )
-    rows = 2 * num_devices if halves else num_devices
+    rows = 2 * num_devices if recipe.uses_batch_halves(config) else num_devices
     need(
         config.train.batch_size % rows == 0,
         "train.batch_size",
         f"must be a multiple of {rows} ({num_devices} devices"
         + (", two halves per device)" if rows != num_devices else ")"),
     )
+    one_of("optim.name", optimizers.OUTER_NAMES)
+    one_of("optim.schedule", optimizers.SCHEDULES)
     need(config.train.num_steps >= 0, "train.num_steps", "must be non-negative")
     for key in ("log_every", "eval_every"):
         need(config.train[key] >= 1, f"train.{key}", "must be at least 1")
@@ -110,8 +86,8 @@ def validate(config, num_devices: int):
 
 
 def _validate_kind(config, need):
-    kind = baselines.kind_of(config)
-    need(kind in baselines.KINDS, "model.kind", f"expected one of {baselines.KINDS}")
+    kind = config.model.kind
+    need(kind in recipe.MODEL_KINDS, "model.kind", f"expected one of {recipe.MODEL_KINDS}")
     if kind != "fuse4seg":
         need(
             config.model.segmentation != "none",
@@ -119,8 +95,6 @@ def _validate_kind(config, need):
             f"model.kind={kind!r} trains a segmentation network: name one",
         )
     if kind == "classical":
-        from fuse4seg_jax import classical
-
         need(
             config.model.classical in classical.METHODS,
             "model.classical",

@@ -27,17 +27,12 @@ import os
 
 from fuse4seg_jax import cli
 
-cli.default_cpu_devices()
+cli.default_cpu_devices()  # before jax is imported (by benchmark_export)
 
-import csv  # noqa: E402
-
-import numpy as np  # noqa: E402
 from absl import flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-from fuse4seg_jax import classical, report  # noqa: E402
-
-CLASSICAL = {name: classical.host_fuser(name) for name in classical.METHODS}
+from fuse4seg_jax import benchmark_export  # noqa: E402
 
 FLAGS = flags.FLAGS
 
@@ -48,87 +43,10 @@ def define_flags():
     )
     flags.DEFINE_string("out", None, "Output folder.")
     flags.DEFINE_string("workdir", None, "A training workdir: fuse with its latest checkpoint.")
-    flags.DEFINE_enum("method", None, list(CLASSICAL), "Classical fusion instead of a checkpoint.")
+    methods = list(benchmark_export.CLASSICAL)
+    flags.DEFINE_enum("method", None, methods, "Classical fusion instead of a checkpoint.")
     flags.DEFINE_bool("overwrite", False, "Replace an existing --out.")
     flags.mark_flags_as_required(["config", "out"])
-
-
-def checkpoint_fuser(config, workdir, *, batch_size: int = 16):
-    """fused = fn(modalities (B,H,W,M)) with the fusion network of workdir's latest checkpoint.
-
-    fused: (B,H,W) float32 in [0,1]; only the fusion network runs (XLA prunes the rest). Raises
-    FileNotFoundError if workdir has no checkpoint, ValueError if its model makes no fused
-    image (feature-level baselines)."""
-    from fuse4seg_jax import inference
-
-    predictor = inference.load_trained(config, workdir, batch_size=batch_size, keys=("fused",))
-    if "fused" not in predictor.output_keys(len(config.data.modalities)):
-        raise ValueError(
-            f"{workdir}: model.kind={config.model.get('kind', 'fuse4seg')} makes no fused image"
-        )
-    return lambda x: predictor.predict(x)["fused"]
-
-
-def _png(path, image01):
-    from PIL import Image
-
-    Image.fromarray(np.round(np.clip(image01, 0, 1) * 255).astype(np.uint8)).save(path)
-
-
-def _write_record(folder, split, record, fused_image, names) -> dict:
-    """Writes one record's sources, fused image and label (PNG + NPY) under folder/split;
-    returns its index.csv row."""
-    from PIL import Image
-
-    case = record["case_id"]
-    case = case.decode() if isinstance(case, bytes) else str(case)
-    stem = f"{case}_{int(record['slice_index']):03d}"
-    row = {"split": split, "case_id": case, "slice_index": int(record["slice_index"])}
-    if "spacing" in record:  # BraTS: in-plane voxel size in mm
-        row["spacing_x_mm"], row["spacing_y_mm"] = map(float, record["spacing"])
-    images = {n: record["modalities"][..., i] for i, n in enumerate(names)}
-    images["fused"] = np.asarray(fused_image, np.float32)
-    for name, image in images.items():
-        rel = os.path.join(split, f"{stem}_{name}")
-        np.save(os.path.join(folder, rel + ".npy"), image.astype(np.float32))
-        _png(os.path.join(folder, rel + ".png"), image)
-        row[name] = rel + ".png"
-    rel = os.path.join(split, f"{stem}_label")
-    label = record["label"].astype(np.uint8)
-    np.save(os.path.join(folder, rel + ".npy"), label)
-    Image.fromarray(label).save(os.path.join(folder, rel + ".png"))
-    row["label"] = rel + ".png"
-    return row
-
-
-def export(config, out: str, fuser, *, overwrite: bool = False, batch_size: int = 16) -> int:
-    """Writes the benchmark to `out` (see module docstring); returns the number of records."""
-    from fuse4seg_jax.data import sources, tfds_brats_fuse
-
-    out = os.path.abspath(out)
-    if os.path.exists(out) and not overwrite:
-        raise FileExistsError(f"{out} exists: pass --overwrite to replace it")
-    builder = sources.prepared_builder(config.data, config.seed)
-    names = tuple(config.data.modalities)
-    rows = []
-    with report.atomic_dir(out) as tmp:
-        for split in sorted(builder.info.splits):
-            os.makedirs(os.path.join(tmp, split))
-            records = sorted(
-                tfds_brats_fuse.as_numpy(builder, split),
-                key=lambda r: (r["case_id"], r["slice_index"]),
-            )
-            for start in range(0, len(records), batch_size):
-                chunk = records[start : start + batch_size]
-                fused = fuser(np.stack([r["modalities"] for r in chunk]))
-                for record, fused_image in zip(chunk, fused, strict=True):
-                    rows.append(_write_record(tmp, split, record, fused_image, names))
-            print(f"exported {split}: {len(records)} records", flush=True)
-        with open(os.path.join(tmp, "index.csv"), "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-            writer.writeheader()
-            writer.writerows(rows)
-    return len(rows)
 
 
 def main(argv):
@@ -139,10 +57,10 @@ def main(argv):
         cli.fail("give exactly one of --workdir (a trained checkpoint) or --method")
     try:
         if FLAGS.method:
-            fuser = CLASSICAL[FLAGS.method]
+            fuser = benchmark_export.CLASSICAL[FLAGS.method]
         else:
-            fuser = checkpoint_fuser(FLAGS.config, FLAGS.workdir)
-        n = export(FLAGS.config, FLAGS.out, fuser, overwrite=FLAGS.overwrite)
+            fuser = benchmark_export.checkpoint_fuser(FLAGS.config, FLAGS.workdir)
+        n = benchmark_export.export(FLAGS.config, FLAGS.out, fuser, overwrite=FLAGS.overwrite)
     except (FileExistsError, FileNotFoundError, ValueError) as e:
         cli.fail(e, 1)
     print(f"wrote {n} records to {os.path.abspath(FLAGS.out)} (index.csv)")

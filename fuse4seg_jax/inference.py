@@ -31,7 +31,7 @@ import os
 import jax
 import numpy as np
 
-from fuse4seg_jax import sharding
+from fuse4seg_jax import checkpointing, recipe, sharding
 
 OUTPUT_KEYS = ("pred", "fused")
 # Config keys that decide the networks and what they compute; a checkpoint restored under
@@ -50,7 +50,7 @@ class Predictor:
     """A restored state and its compiled eval step; `predict` runs arrays of images.
 
     eval_fn(state, {"modalities": x (B,H,W,M)}) -> dict with "pred" (B,H,W) int32 and/or
-    "fused" (B,H,W) float32 (steps.make_steps contract). `step`: the checkpoint's step.
+    "fused" (B,H,W) float32 (recipe.Recipe.eval_step). `step`: the checkpoint's step.
     keys: the outputs to compute, e.g. ("fused",) for the fusion network alone (XLA drops
     the unused segmentation network from the compiled function).
     """
@@ -135,7 +135,7 @@ def _run_config_mismatch(config, workdir: str) -> list[str]:
     with open(path) as f:
         run = json.load(f)
     given = json.loads(config.to_json_best_effort())
-    kind = run.get("model", {}).get("kind", "fuse4seg")
+    kind = run["model"]["kind"]
     keys = [("model", k) for k in _MODEL_KEYS] + [("data", "modalities")]
     keys += [("model", "classical")] if kind == "classical" else []
     keys += [("model", "single_modality")] if kind == "single" else []
@@ -147,30 +147,19 @@ def _run_config_mismatch(config, workdir: str) -> list[str]:
     return diffs
 
 
-def available_steps(workdir: str) -> list[int]:
-    """Sorted steps of the complete checkpoints in <workdir>/checkpoints (Orbax writes to a
-    temporary name and renames, so only finished ones have a numeric folder name)."""
-    directory = os.path.join(workdir, "checkpoints")
-    if not os.path.isdir(directory):
-        return []
-    return sorted(int(d) for d in os.listdir(directory) if d.isdigit())
-
-
 def load_trained(config, workdir: str, step=None, **predictor_options):
     """A Predictor with the state of workdir's checkpoint `step` (default: the latest).
 
-    `config` must be the run's (its networks); the restored state is laid out like
-    `steps.init_state` of that config. Raises FileNotFoundError (one line naming the
-    folder) when there is no such checkpoint, ValueError when the config does not match
-    the run (its config.json, or a state that does not restore into the config's networks).
+    `config` must be the run's (its networks); the restored state is laid out like the
+    fresh state of its recipe (recipe.build(config).init_state). Raises FileNotFoundError
+    (one line naming the folder) when there is no such checkpoint, ValueError when the
+    config does not match the run (its config.json, or a state that does not restore into
+    the config's networks).
     predictor_options: batch_size, multiple, keys of Predictor.
     """
-    from fuse4seg_jax import steps
-    from fuse4seg_jax.checkpointing import Checkpointer
-
     workdir = os.path.abspath(workdir)
-    found = available_steps(workdir)
-    directory = os.path.join(workdir, "checkpoints")
+    found = checkpointing.available_steps(workdir)
+    directory = checkpointing.directory(workdir)
     if not found:
         raise FileNotFoundError(f"{workdir}: no checkpoint found in {directory}")
     if step is not None and int(step) not in found:
@@ -179,16 +168,13 @@ def load_trained(config, workdir: str, step=None, **predictor_options):
     mismatch = _run_config_mismatch(config, workdir)
     if mismatch:
         raise ValueError(f"{workdir}: --config is not the run's: {'; '.join(mismatch)}")
-    _, _, outer_tx, inner_opt, _, eval_fn = steps.make_steps(config)
-    fusion_model, seg_model = steps.build_models(config)
-    template = jax.eval_shape(
-        lambda: steps.init_state(config, fusion_model, seg_model, outer_tx, inner_opt)
-    )
+    run = recipe.build(config)
+    template = jax.eval_shape(run.init_state)
     device = sharding.replicated(sharding.make_mesh(1))
     template = jax.tree.map(
         lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device), template
     )
-    ckpt = Checkpointer(workdir, every=0)
+    ckpt = checkpointing.Checkpointer(workdir, every=0, read_only=True)
     try:
         state, _ = ckpt.restore(template, step)
     except Exception as e:  # Orbax reports a structure / shape mismatch in many lines
@@ -200,4 +186,4 @@ def load_trained(config, workdir: str, step=None, **predictor_options):
         ) from e
     finally:
         ckpt.close()
-    return Predictor(eval_fn, state, step=step, **predictor_options)
+    return Predictor(run.eval_step, state, step=step, **predictor_options)

@@ -110,15 +110,15 @@ def ssim_loss(fused, sources, data_range=1.0):
 def fusion_loss(fused, sources, *, sigma=2.0, w_freq=1.0, w_grad=1.0, w_ssim=0.0):
     """L_fuse = w_freq L_freq + w_grad L_grad + w_ssim L_ssim.
 
-    Returns (total, {"freq", "grad", "ssim"}), all float32 scalars. The SSIM
+    Returns (total, {"loss_freq", "loss_grad", "loss_ssim"}), all float32 scalars. The SSIM
     term is not computed when w_ssim == 0 (python number) and reported as 0.
     """
     parts = {
-        "freq": freq_loss(fused, sources, sigma),
-        "grad": grad_loss(fused, sources),
-        "ssim": ssim_loss(fused, sources) if w_ssim != 0 else jnp.zeros((), jnp.float32),
+        "loss_freq": freq_loss(fused, sources, sigma),
+        "loss_grad": grad_loss(fused, sources),
+        "loss_ssim": ssim_loss(fused, sources) if w_ssim != 0 else jnp.zeros((), jnp.float32),
     }
-    total = w_freq * parts["freq"] + w_grad * parts["grad"] + w_ssim * parts["ssim"]
+    total = w_freq * parts["loss_freq"] + w_grad * parts["loss_grad"] + w_ssim * parts["loss_ssim"]
     return _f32(total), parts
 
 
@@ -151,11 +151,11 @@ def segmentation_loss(logits, labels, *, mode="softmax", w_ce=1.0, w_dice=1.0, m
       softmax probabilities against one-hot labels, averaged over the
       foreground classes 1..3 (background excluded, as in nnU-Net).
     mode "regions": logits (B, H, W, 3) independent sigmoid logits for WT,
-      TC, ET (regions.labels_to_regions); "ce" is the binary cross-entropy
+      TC, ET (regions.labels_to_regions); "loss_ce" is the binary cross-entropy
       averaged over pixels and the 3 regions, Dice averaged over the regions.
     mask: optional (B, H, W) weights for the cross-entropy only (None = all
       pixels); the Dice term always uses every pixel.
-    Returns (total, {"ce", "dice"}) float32 scalars; "dice" is the Dice loss.
+    Returns (total, {"loss_ce", "loss_dice"}) float32 scalars; "loss_dice" is 1 - mean soft Dice.
     """
     logits = _f32(logits)
     labels = jnp.asarray(labels).astype(jnp.int32)
@@ -178,5 +178,5 @@ def segmentation_loss(logits, labels, *, mode="softmax", w_ce=1.0, w_dice=1.0, m
         dice = soft_dice(jax.nn.sigmoid(logits), targets)
     else:
         raise ValueError(f"unknown segmentation mode {mode!r}: expected 'softmax' or 'regions'")
-    parts = {"ce": _f32(ce), "dice": _f32(1.0 - jnp.mean(dice))}
-    return _f32(w_ce * parts["ce"] + w_dice * parts["dice"]), parts
+    parts = {"loss_ce": _f32(ce), "loss_dice": _f32(1.0 - jnp.mean(dice))}
+    return _f32(w_ce * parts["loss_ce"] + w_dice * parts["loss_dice"]), parts

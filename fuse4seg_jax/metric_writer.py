@@ -1,6 +1,7 @@
-"""The one metric writer: TensorBoard event files plus `<workdir>/metrics.jsonl`.
+"""The one metric writer: TensorBoard event files plus `<workdir>/metrics.jsonl`, and `log`
+for the run's progress lines on stdout.
 
-Written by process 0 only. Each JSONL line is one JSON object with `step` and
+Written (and printed) by process 0 only. Each JSONL line is one JSON object with `step` and
 namespaced names (`train/loss_seg`, `eval/dice_wt`, ...). On resume the JSONL
 is trimmed to the restored step, so a run interrupted after its last
 checkpoint does not leave duplicate rows.
@@ -11,6 +12,12 @@ import os
 import tempfile
 
 import jax
+
+
+def log(message: str):
+    """Prints a progress line (process 0 only), flushed at once."""
+    if jax.process_index() == 0:
+        print(message, flush=True)
 
 
 class MetricWriter:

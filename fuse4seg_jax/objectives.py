@@ -37,15 +37,11 @@ class Objectives(NamedTuple):
 
 
 def fusion_loss_fn(loss_config):
+    """(fused, batch) -> (L_fuse, parts), with the weights of `loss_config` read once."""
+    weights = {k: loss_config[k] for k in ("sigma", "w_freq", "w_grad", "w_ssim")}
+
     def fusion_loss(fused, batch):
-        return losses.fusion_loss(
-            fused,
-            batch["modalities"],
-            sigma=loss_config.sigma,
-            w_freq=loss_config.w_freq,
-            w_grad=loss_config.w_grad,
-            w_ssim=loss_config.w_ssim,
-        )
+        return losses.fusion_loss(fused, batch["modalities"], **weights)
 
     return fusion_loss
 
@@ -60,7 +56,7 @@ def build_fusion_only(fusion_model, loss_config) -> Objectives:
 
 
 def build(fusion_model, seg_model, loss_config, bilevel_config, seg_mode="softmax") -> Objectives:
-    """Objectives for the orientation `bilevel_config.inner`.
+    """Objectives for the orientation `bilevel_config.inner` (weights read once here).
 
     Batches are dicts with `modalities` (B, H, W, M) float32 in [0, 1] and
     `label` (B, H, W) int32 (METHOD.md section 2).
@@ -76,6 +72,7 @@ def build(fusion_model, seg_model, loss_config, bilevel_config, seg_mode="softma
         return at_least_f32(seg_model.apply({"params": phi}, fused))
 
     fusion_loss = fusion_loss_fn(loss_config)
+    w_ce, w_dice = loss_config.w_ce, loss_config.w_dice
 
     def fusion_terms(theta, batch):
         fused = fuse(theta, batch)
@@ -87,8 +84,8 @@ def build(fusion_model, seg_model, loss_config, bilevel_config, seg_mode="softma
             segment(phi, fused),
             batch["label"],
             mode=seg_mode,
-            w_ce=loss_config.w_ce,
-            w_dice=loss_config.w_dice,
+            w_ce=w_ce,
+            w_dice=w_dice,
         )
 
     def report(l_fuse, fuse_parts, l_seg, seg_parts):

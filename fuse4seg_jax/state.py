@@ -1,4 +1,4 @@
-"""Training state: one pytree holding both networks, their optimisers, the step and the RNG.
+"""Training state: one pytree holding both networks, their optimisers and the step.
 
 The state is a pure value (flax.struct dataclasses), so a train step is a
 function `(state, batch) -> (state, metrics)` that can be jitted, sharded,
@@ -30,12 +30,14 @@ class TrainState:
     """Everything a train step reads and writes.
 
     step: int32 scalar, number of completed train steps.
-    rng: PRNG key; per-step keys are `fold_in(rng, step)` so resumed runs draw the same.
-    fusion, seg: the fusion network F_theta and the segmentation network S_phi.
+    fusion, seg: the fusion network F_theta and the segmentation network S_phi (a network
+    a kind of run does not train is NetState({}, ())).
+
+    No step draws random numbers (augmentation happens in the input pipeline, seeded per
+    example), so the state holds no PRNG key.
     """
 
     step: jax.Array
-    rng: jax.Array
     fusion: NetState
     seg: NetState
 

@@ -1,12 +1,13 @@
 """train_and_evaluate(config, workdir): the training loop and its cadence.
 
-Builds the mesh, the data, the state and the compiled steps, then runs the
-loop: log every `train.log_every` steps (progress line, TensorBoard,
-metrics.jsonl), evaluate on held-out cases every `train.eval_every`, save an
-Orbax checkpoint every `train.checkpoint_every`. Rerunning with the same
-workdir resumes from the latest checkpoint (state and input position). At the
-end: Dice per region on the held-out cases (`results.json`) and a figure
-(`figure.png`).
+Builds the mesh, the data, the run's recipe (recipe.py: networks, bound steps, fresh
+state) and the compiled steps, then runs the loop: log every `train.log_every` steps
+(progress line, TensorBoard, metrics.jsonl), evaluate on held-out cases every
+`train.eval_every`, save an Orbax checkpoint every `train.checkpoint_every`. Rerunning
+with the same workdir resumes from the latest checkpoint (state and input position). At
+the end, final_report.py writes `results.json` and `figure.png`. The checkpoint manager
+and the metric writer are closed however the loop ends (a pending asynchronous save is
+finished, TensorBoard flushed).
 """
 
 import json
@@ -15,23 +16,17 @@ import time
 import jax
 import numpy as np
 
-from fuse4seg_jax import baselines, preemption, report, sharding, steps
+from fuse4seg_jax import atomic_files, final_report, preemption, recipe, sharding
 from fuse4seg_jax.checkpointing import Checkpointer
 from fuse4seg_jax.config_validation import validate
 from fuse4seg_jax.data import pipeline, sources
-from fuse4seg_jax.metric_writer import MetricWriter
+from fuse4seg_jax.metric_writer import MetricWriter, log
 from fuse4seg_jax.metrics import segmentation as seg_metrics
-from fuse4seg_jax.metrics import visibility
 from fuse4seg_jax.regions import REGION_NAMES
 
 
 class NonFiniteLossError(FloatingPointError):
     pass
-
-
-def log(message: str):
-    if jax.process_index() == 0:
-        print(message, flush=True)
 
 
 def _eta(seconds: float) -> str:
@@ -74,7 +69,8 @@ def _load_data(config):
 
 
 def train_and_evaluate(config, workdir: str, *, stop_at: int | None = None) -> dict | None:
-    """Trains, evaluates and reports; returns the final held-out Dice per region.
+    """Trains, evaluates and reports; returns the final held-out Dice per region (fusion-only
+    runs: the held-out scores).
 
     stop_at: stop after this step with a checkpoint, as an interrupted run
     would (no final evaluation; returns None). Rerunning resumes.
@@ -100,38 +96,55 @@ def train_and_evaluate(config, workdir: str, *, stop_at: int | None = None) -> d
         f"{', '.join(config.data.modalities)} ({time.time() - t0:.1f}s)"
     )
 
-    (fusion_model, seg_model), _, outer_tx, inner_opt, train_fn, eval_fn = steps.make_steps(config)
-    repl, batch_sh = sharding.replicated(mesh), sharding.batch_sharding(mesh)
-    state = jax.jit(
-        lambda: steps.init_state(config, fusion_model, seg_model, outer_tx, inner_opt),
-        out_shardings=repl,
-    )()
-    n_fuse = sum(x.size for x in jax.tree.leaves(state.fusion.params))
-    n_seg = sum(x.size for x in jax.tree.leaves(state.seg.params))  # 0 when fusion-only
-    log(f"networks: {_describe(config, n_fuse, n_seg)}")
+    run = recipe.build(config)
+    repl = sharding.replicated(mesh)
+    state = jax.jit(run.init_state, out_shardings=repl)()
+    log(f"networks: {run.describe(state)}")
 
     ckpt = Checkpointer(
         workdir, every=config.train.checkpoint_every, keep=config.train.keep_checkpoints
     )
-    state, start = _resume(ckpt, state)
-    if jax.process_index() == 0:
-        report.write_json(f"{workdir}/config.json", json.loads(config.to_json_best_effort()))
-    writer = MetricWriter(workdir, resume_step=start)
+    writer = None
+    try:
+        state, start = _resume(ckpt, state)
+        if jax.process_index() == 0:
+            atomic_files.write_json(
+                f"{workdir}/config.json", json.loads(config.to_json_best_effort())
+            )
+        writer = MetricWriter(workdir, resume_step=start)
+        batch_sh = sharding.batch_sharding(mesh)
+        p_eval = jax.jit(run.eval_step, in_shardings=(repl, batch_sh), out_shardings=batch_sh)
+        state, loop_stats = _loop(config, run, mesh, state, start, (train_examples, eval_examples),
+                                  p_eval, ckpt, writer, stop_at)  # fmt: skip
+        if loop_stats is None:  # stopped at `stop_at`
+            return None
+        result = evaluate(p_eval, state, eval_examples, mesh, config.train.eval_batch_size)
+        writer.write(config.train.num_steps, {f"eval/{k}": v for k, v in result["scores"].items()})
+    finally:  # however the run ends: finish a pending checkpoint save, flush TensorBoard
+        ckpt.close()
+        if writer is not None:
+            writer.close()
+    return final_report.write(config, workdir, eval_examples, result, loop_stats)
 
+
+def _loop(config, run, mesh, state, start, data, p_eval, ckpt, writer, stop_at):
+    """Steps `start + 1 .. train.num_steps` with their logging, evaluation (`p_eval` on the
+    held-out part of `data`), diagnostics and checkpoints. Returns (state, run statistics),
+    or (state, None) when stopped at `stop_at` (checkpoint saved); raises
+    preemption.Preempted after a stop signal (checkpoint saved)."""
+    repl, batch_sh = sharding.replicated(mesh), sharding.batch_sharding(mesh)
     p_train = jax.jit(
-        train_fn, in_shardings=(repl, batch_sh), out_shardings=(repl, repl), donate_argnums=0
-    )
-    p_eval = jax.jit(eval_fn, in_shardings=(repl, batch_sh), out_shardings=batch_sh)
+        run.train_step, in_shardings=(repl, batch_sh), out_shardings=(repl, repl),
+        donate_argnums=0,
+    )  # fmt: skip
+    train_examples, eval_examples = data
     sync_each_step = sharding.needs_sync_every_step(mesh)
-    bilevel_run = steps.bilevel_kind(config) and not steps.fusion_only(config)
-    diagnose_every = config.bilevel.diagnose_every if bilevel_run else 0
+    diagnose_every = config.bilevel.diagnose_every if run.diagnose_step else 0
     p_diagnose = None
     if diagnose_every:
-        p_diagnose = jax.jit(
-            steps.make_diagnose_step(config), in_shardings=(repl, batch_sh), out_shardings=repl
-        )
+        p_diagnose = jax.jit(run.diagnose_step, in_shardings=(repl, batch_sh), out_shardings=repl)
     num_steps = config.train.num_steps
-    check_every = config.train.get("check_replicas_every", 0)
+    check_every = config.train.check_replicas_every
     batches = pipeline.train_iterator(
         train_examples,
         batch_size=config.train.batch_size,
@@ -195,28 +208,20 @@ def train_and_evaluate(config, workdir: str, *, stop_at: int | None = None) -> d
             preempted = stopper.should_stop()
             if preempted or (stop_at is not None and step >= stop_at):
                 ckpt.save(step, state, meta(step), force=True)
-                ckpt.close()
-                writer.close()
                 if preempted:
                     raise preemption.Preempted(
                         f"stopped by {stopper.received} after step {step}: checkpoint saved "
                         f"in {ckpt.directory}; rerun the same command to resume"
                     )
                 log(f"stopped at step {step} as asked; rerun to resume")
-                return None
+                return state, None
 
     ckpt.save(num_steps, state, meta(num_steps), force=True)
-    ckpt.close()
-    result = evaluate(p_eval, state, eval_examples, mesh, config.train.eval_batch_size)
-    writer.write(num_steps, {f"eval/{k}": v for k, v in result["scores"].items()})
-    writer.close()
-    run_stats = {
+    stats = {
         "train_loop_seconds": time.time() - loop_start,  # this invocation (not resumed parts)
         "step_memory_bytes": step_memory,
     }
-    if "pred" not in result:
-        return _finish_fusion_only(config, workdir, eval_examples, result, run_stats)
-    return _finish(config, workdir, eval_examples, result, run_stats)
+    return state, stats
 
 
 def _resume(ckpt, state):
@@ -254,99 +259,6 @@ def _log_window(window, step, num_steps, rate, writer, last_checkpoint):
     )
 
 
-def _finish(config, workdir, eval_examples, result, run_stats):
-    """Final report of a segmenting run (results.json, figure); returns Dice per region."""
-    dice = {r: result["scores"][f"dice_{r}"] for r in REGION_NAMES}
-    result["dice"] = dice
-    contrast = None
-    if "fused" in result:  # feature-level baselines have no fused image
-        contrast = visibility.contrast_table(
-            eval_examples["modalities"],
-            result["fused"],
-            eval_examples["label"],
-            eval_examples["mask"],
-            config.data.modalities,
-        )
-    if jax.process_index() == 0:
-        _write_final_report(config, workdir, eval_examples, result, contrast, run_stats)
-    if contrast is not None:
-        log(
-            "tumour-part contrast on held-out slices (contrast-to-noise ratio):\n"
-            + visibility.format_table(contrast)
-        )
-    log(
-        f"held-out Dice over {len(result['per_case'])} cases: "
-        + ", ".join(f"{r.upper()} {dice[r]:.3f}" for r in REGION_NAMES)
-        + f"\nwrote {workdir}/results.json, {workdir}/figure.png, {workdir}/metrics.jsonl"
-    )
-    return dice
-
-
-def fused_image_metrics(fused, modalities, convention="mmif"):
-    """Mean over images of the fusion metrics (metrics/fusion.py) of held-out fused images
-    against the two sources, on 8-bit grey levels; None without a fused image or with M != 2."""
-    if fused is None or modalities.shape[-1] != 2:
-        return None
-    from fuse4seg_jax.metrics import fusion
-
-    rows = fusion.network_fusion_metrics(fused, modalities, convention)
-    values = {k: np.array([r[k] for r in rows], np.float64) for k in fusion.METRIC_NAMES}
-    return {k: float(np.nanmean(v)) if np.isfinite(v).any() else None for k, v in values.items()}
-
-
-def _describe(config, n_fuse: int, n_seg: int) -> str:
-    """One line: which networks (with parameter counts) and how they are trained."""
-    kind = baselines.kind_of(config)
-    seg = f"segmentation {baselines.seg_model_name(config)} ({n_seg:,} params)"
-    fusion = f"fusion {config.model.fusion} ({n_fuse:,} params)"
-    if steps.fusion_only(config):
-        return f"{fusion}; fusion only (L_fuse, optax)"
-    if kind == "fuse4seg":
-        b = config.bilevel
-        return (
-            f"{fusion}, {seg}; bi-level: inner={b.inner}, method={b.method}, "
-            f"inner_steps={b.inner_steps}"
-        )
-    how = {
-        "two_stage": f"{fusion}, {seg}; two_stage: fusion alone for "
-        f"{baselines.fusion_steps(config)} steps, then frozen",
-        "classical": f"classical fusion '{config.model.classical}', {seg}",
-        "single": f"single modality '{config.model.single_modality}', {seg}",
-        "early_fusion": f"feature-level early fusion: {seg} on all modalities",
-        "dual_encoder": f"feature-level dual-encoder {seg}",
-    }
-    return f"baseline {kind}: {how[kind]}"
-
-
-def _finish_fusion_only(config, workdir, examples, result, run_stats):
-    """Fusion-only runs: mean held-out fusion loss and a figure of sources and fused images."""
-    scores = result["scores"]
-    if jax.process_index() == 0:
-        chosen = list(range(min(config.report.num_figure_cases, len(result["fused"]))))
-        report.save_fusion_figure(
-            f"{workdir}/figure.png",
-            examples["modalities"][chosen],
-            result["fused"][chosen],
-            config.data.modalities,
-            chroma=examples["chroma"][chosen] if "chroma" in examples else None,
-            titles=[f"pair {examples['case_id'][i]}" for i in chosen],
-        )
-        report.write_json(
-            f"{workdir}/results.json",
-            {
-                "eval": scores,
-                "num_pairs": len(result["fused"]),
-                "train_steps": config.train.num_steps,
-                **run_stats,
-            },
-        )
-    log(
-        f"held-out fusion loss over {len(result['fused'])} pairs: {scores['loss_fuse']:.4f}\n"
-        f"wrote {workdir}/results.json, {workdir}/figure.png, {workdir}/metrics.jsonl"
-    )
-    return scores
-
-
 def _memory_bytes(compiled):
     """Arguments + outputs + temporaries of a compiled step (XLA's estimate), or None."""
     try:
@@ -359,38 +271,3 @@ def _memory_bytes(compiled):
         )
     except Exception:  # not every backend reports it
         return None
-
-
-def _write_final_report(config, workdir, examples, result, contrast, run_stats):
-    chosen = report.pick_slices(
-        examples["label"], examples["case_id"], config.report.num_figure_cases
-    )
-    per_case = result["per_case"]
-    titles = [
-        f"case {examples['case_id'][i]} slice {int(examples['slice_index'][i])}\n"
-        + " ".join(
-            f"{r.upper()} {per_case[examples['case_id'][i].item()][r]:.2f}" for r in REGION_NAMES
-        )
-        for i in chosen
-    ]
-    report.save_figure(
-        f"{workdir}/figure.png",
-        examples["modalities"][chosen],
-        result["fused"][chosen] if "fused" in result else None,
-        examples["label"][chosen],
-        result["pred"][chosen],
-        config.data.modalities,
-        titles,
-    )
-    report.write_json(
-        f"{workdir}/results.json",
-        {
-            "dice_mean": result["dice"],
-            "dice_per_case": {str(k): v for k, v in per_case.items()},
-            "num_cases": len(per_case),
-            "part_contrast": contrast,
-            "fusion_metrics": fused_image_metrics(result.get("fused"), examples["modalities"]),
-            "train_steps": config.train.num_steps,
-            **run_stats,
-        },
-    )

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from configs import tiny
-from fuse4seg_jax import baselines, classical, steps, trainer
+from fuse4seg_jax import classical, recipe, trainer
 from fuse4seg_jax.config_validation import ConfigError, validate
 from fuse4seg_jax.data import phantom
 
@@ -31,9 +31,8 @@ def _batch(config, n=8):
 
 
 def _built(config):
-    (fusion_model, seg_model), pipe, txs, inner_opt, train, evaluate = steps.make_steps(config)
-    state = steps.init_state(config, fusion_model, seg_model, txs, inner_opt)
-    return state, jax.jit(train), jax.jit(evaluate), pipe
+    run = recipe.build(config)
+    return run.init_state(), jax.jit(run.train_step), jax.jit(run.eval_step), run.parts
 
 
 def _leaves_equal(a, b):
@@ -136,4 +135,4 @@ def test_dual_encoder_through_the_trainer_writes_results_without_a_fused_image(t
     assert results["dice_mean"] == pytest.approx(dice)
     assert results["part_contrast"] is None  # no fused image to measure
     assert (tmp_path / "figure.png").read_bytes()[:4] == b"\x89PNG"
-    assert baselines.seg_model_name(config) == "dual_unet_tiny"
+    assert recipe.seg_model_name(config) == "dual_unet_tiny"

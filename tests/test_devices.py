@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from configs import tiny
-from fuse4seg_jax import bilevel, inference, sharding, steps
+from fuse4seg_jax import bilevel, inference, recipe, sharding
 from fuse4seg_jax.data import phantom
 
 KINDS = [("fuse4seg", m) for m in bilevel.METHODS] + [
@@ -75,15 +75,15 @@ def _assert_trees_close(a, b, rtol, atol):
 def test_step_kind_on_eight_devices_matches_one(kind, option):
     assert jax.device_count() == 8, "conftest sets 8 fake CPU devices"
     config = _config(kind, option)
-    models, _, outer_tx, inner_opt, train_fn, eval_fn = steps.make_steps(config)
-    state = steps.init_state(config, *models, outer_tx, inner_opt)
+    run = recipe.build(config)
+    state = run.init_state()
     batch = _batch(config)
-    (s1, m1), (s8, m8) = (_on_mesh(train_fn, state, batch, n) for n in (1, 8))
+    (s1, m1), (s8, m8) = (_on_mesh(run.train_step, state, batch, n) for n in (1, 8))
     _assert_trees_close(m1, m8, rtol=2e-5, atol=1e-6)
     _assert_trees_close(s1, s8, rtol=2e-4, atol=2e-6)
     before, after = jax.tree.leaves((state.fusion, state.seg)), jax.tree.leaves((s8.fusion, s8.seg))
     assert any(not np.allclose(a, b) for a, b in zip(before, after, strict=True)), "no update"
-    e1, e8 = (_on_mesh(eval_fn, s1, {"modalities": batch["modalities"]}, n) for n in (1, 8))
+    e1, e8 = (_on_mesh(run.eval_step, s1, {"modalities": batch["modalities"]}, n) for n in (1, 8))
     assert set(e1) == set(e8) and ("pred" in e1 or "fused" in e1)
     if "pred" in e1:  # argmax labels: identical except where two logits tie to rounding
         assert np.mean(e1["pred"] != e8["pred"]) < 1e-3
@@ -93,11 +93,11 @@ def test_step_kind_on_eight_devices_matches_one(kind, option):
 
 def test_predictor_over_eight_devices_matches_one():
     config = tiny.get_config()
-    models, _, outer_tx, inner_opt, _, eval_fn = steps.make_steps(config)
-    state = steps.init_state(config, *models, outer_tx, inner_opt)
+    run = recipe.build(config)
+    state = run.init_state()
     images = _batch(config)["modalities"][:13]  # not a multiple of 8: the last batch is padded
-    one = inference.Predictor(eval_fn, state, batch_size=1)
-    eight = inference.Predictor(eval_fn, state, batch_size=8)
+    one = inference.Predictor(run.eval_step, state, batch_size=1)
+    eight = inference.Predictor(run.eval_step, state, batch_size=8)
     assert one.mesh.size == 1 and eight.mesh.size == 8
     a, b = one.predict(images), eight.predict(images)
     assert set(a) == set(b) == {"pred", "fused"}

@@ -4,18 +4,16 @@ import jax
 import numpy as np
 
 from configs import tiny
-from fuse4seg_jax import steps, trainer
+from fuse4seg_jax import recipe, trainer
 from fuse4seg_jax.data import sources
 from fuse4seg_jax.metric_writer import read_jsonl
 
 
 def _diagnose(config):
-    _, _, outer_tx, inner_opt, _, _ = steps.make_steps(config)
-    fusion_model, seg_model = steps.build_models(config)
-    state = steps.init_state(config, fusion_model, seg_model, outer_tx, inner_opt)
+    run = recipe.build(config)
     examples, _ = sources.load(config.data, config.seed)
     batch = {k: examples[k][:16] for k in ("modalities", "label", "mask")}
-    return jax.device_get(jax.jit(steps.make_diagnose_step(config))(state, batch))
+    return jax.device_get(jax.jit(run.diagnose_step)(run.init_state(), batch))
 
 
 def test_reference_against_itself_is_exact_and_first_order_is_not(tmp_path):

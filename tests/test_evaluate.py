@@ -13,7 +13,7 @@ import pytest
 
 from configs import harvard as harvard_config
 from configs import tiny
-from fuse4seg_jax import evaluate, trainer
+from fuse4seg_jax import evaluation, trainer
 from fuse4seg_jax.metrics import fusion
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -45,11 +45,11 @@ def _rows(path):
 def test_evaluate_a_trained_run(trained, tmp_path):
     config, workdir = trained
     out = tmp_path / "eval"
-    summary = evaluate.evaluate(config, str(out), workdir=str(workdir))
+    summary = evaluation.evaluate(config, str(out), workdir=str(workdir))
     rows = _rows(out / "metrics.csv")
     slices = [r for r in rows if r["level"] == "slice"]
     cases = [r for r in rows if r["level"] == "case"]
-    examples = evaluate.load_split(config, "validation")
+    examples = evaluation.load_split(config, "validation")
     assert len(slices) == len(examples["label"]) and len(cases) == 2
     # per-case Dice equals the trainer's own held-out evaluation of the same checkpoint
     results = json.loads((workdir / "results.json").read_text())
@@ -77,7 +77,7 @@ def test_existing_output_is_refused_without_overwrite(trained, tmp_path):
     out.mkdir()
     (out / "keep.txt").write_text("mine")
     with pytest.raises(FileExistsError, match="--overwrite"):
-        evaluate.evaluate(config, str(out), workdir=str(workdir))
+        evaluation.evaluate(config, str(out), workdir=str(workdir))
     assert (out / "keep.txt").read_text() == "mine"
     cli = subprocess.run(
         [
@@ -100,16 +100,16 @@ def test_existing_output_is_refused_without_overwrite(trained, tmp_path):
     )
     assert cli.returncode == 1
     assert cli.stderr.strip().splitlines()[-1].startswith(f"error: {out} exists")
-    evaluate.evaluate(config, str(out), workdir=str(workdir), overwrite=True)
+    evaluation.evaluate(config, str(out), workdir=str(workdir), overwrite=True)
     assert not (out / "keep.txt").exists() and (out / "metrics.csv").exists()
 
 
 def test_classical_fusion_gets_fusion_metrics(tmp_path):
     config = _config(tmp_path)
     out = tmp_path / "max"
-    evaluate.evaluate(config, str(out), classical="max", convention="standard")
+    evaluation.evaluate(config, str(out), classical="max", convention="standard")
     rows = _rows(out / "metrics.csv")
-    examples = evaluate.load_split(config, "validation")
+    examples = evaluation.load_split(config, "validation")
     assert len(rows) == len(examples["label"]) and "dice_wt" not in rows[0]
     m = examples["modalities"][0]
     expected = fusion.fusion_metrics(
@@ -129,7 +129,7 @@ def test_harvard_pairs_get_fusion_metrics_and_a_colour_figure(tmp_path):
     config.data.manual_dir = HARVARD
     config.data.tfds_dir = str(tmp_path / "tfds")
     out = tmp_path / "harvard"
-    evaluate.evaluate(config, str(out), classical="mean")
+    evaluation.evaluate(config, str(out), classical="mean")
     rows = _rows(out / "metrics.csv")
     assert rows and all(float(r["EN"]) > 0 for r in rows)
     assert (out / "pairs.png").read_bytes()[:4] == b"\x89PNG"

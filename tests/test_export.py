@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 
 from configs import tiny
-from fuse4seg_jax import export, trainer
+from fuse4seg_jax import benchmark_export, trainer
 
 
 def _config(tmp_path):
@@ -18,7 +18,7 @@ def _config(tmp_path):
 
 def test_classical_export_writes_every_record_and_refuses_to_overwrite(tmp_path):
     config = _config(tmp_path)
-    n = export.export(config, str(tmp_path / "out"), export.CLASSICAL["max"])
+    n = benchmark_export.export(config, str(tmp_path / "out"), benchmark_export.CLASSICAL["max"])
     per_split = {"train": 8 * 4, "validation": 2 * 4}  # tiny: cases x slices per case
     assert n == sum(per_split.values())
     with open(tmp_path / "out" / "index.csv") as f:
@@ -34,8 +34,10 @@ def test_classical_export_writes_every_record_and_refuses_to_overwrite(tmp_path)
     assert set(np.unique(label_png)) <= {0, 1, 2, 3}
     assert np.asarray(Image.open(stem + "_fused.png")).dtype == np.uint8
     with pytest.raises(FileExistsError, match="--overwrite"):
-        export.export(config, str(tmp_path / "out"), export.CLASSICAL["mean"])
-    export.export(config, str(tmp_path / "out"), export.CLASSICAL["mean"], overwrite=True)
+        benchmark_export.export(config, str(tmp_path / "out"), benchmark_export.CLASSICAL["mean"])
+    benchmark_export.export(
+        config, str(tmp_path / "out"), benchmark_export.CLASSICAL["mean"], overwrite=True
+    )
     np.testing.assert_allclose(np.load(stem + "_fused.npy"), (t1ce + flair) / 2, atol=1e-6)
     assert not [p for p in tmp_path.iterdir() if "partial" in p.name or p.name.endswith(".old")]
 
@@ -44,8 +46,8 @@ def test_checkpoint_export_uses_the_trained_fusion_network(tmp_path):
     config = _config(tmp_path)
     config.train.num_steps = 2
     trainer.train_and_evaluate(config, str(tmp_path / "run"))
-    fuser = export.checkpoint_fuser(config, str(tmp_path / "run"))
-    export.export(config, str(tmp_path / "out"), fuser)
+    fuser = benchmark_export.checkpoint_fuser(config, str(tmp_path / "run"))
+    benchmark_export.export(config, str(tmp_path / "out"), fuser)
     with open(tmp_path / "out" / "index.csv") as f:
         row = next(csv.DictReader(f))
     stem = str(tmp_path / "out" / row["fused"]).removesuffix("_fused.png")
@@ -58,4 +60,4 @@ def test_checkpoint_export_uses_the_trained_fusion_network(tmp_path):
 
 def test_missing_checkpoint_is_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="no checkpoint"):
-        export.checkpoint_fuser(_config(tmp_path), str(tmp_path / "empty"))
+        benchmark_export.checkpoint_fuser(_config(tmp_path), str(tmp_path / "empty"))

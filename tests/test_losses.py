@@ -49,9 +49,9 @@ def test_fusion_losses_vanish_when_sources_equal_fused():
     f = _rand((2, 16, 16, 1))
     sources = jnp.concatenate([f, f], axis=-1)
     total, parts = losses.fusion_loss(f, sources, w_ssim=1.0)
-    assert float(parts["freq"]) == 0.0
-    assert float(parts["grad"]) == 0.0
-    assert abs(float(parts["ssim"])) < 1e-5
+    assert float(parts["loss_freq"]) == 0.0
+    assert float(parts["loss_grad"]) == 0.0
+    assert abs(float(parts["loss_ssim"])) < 1e-5
     assert abs(float(total)) < 1e-5
 
 
@@ -108,8 +108,10 @@ def test_ssim_identity_and_constants():
 def test_fusion_loss_weights_and_skipped_ssim():
     f, src = _rand((2, 16, 16, 1), 4), _rand((2, 16, 16, 2), 5)
     total, parts = losses.fusion_loss(f, src, w_freq=2.0, w_grad=0.5)
-    assert float(parts["ssim"]) == 0.0
-    np.testing.assert_allclose(total, 2.0 * parts["freq"] + 0.5 * parts["grad"], rtol=1e-6)
+    assert float(parts["loss_ssim"]) == 0.0
+    np.testing.assert_allclose(
+        total, 2.0 * parts["loss_freq"] + 0.5 * parts["loss_grad"], rtol=1e-6
+    )
     total, parts = losses.fusion_loss(f, src, w_freq=0.0, w_grad=0.0, w_ssim=1.0)
     mean_ssim = 0.5 * (losses.ssim(f, src[..., :1]) + losses.ssim(f, src[..., 1:]))
     np.testing.assert_allclose(total, 1.0 - mean_ssim, rtol=1e-5)
@@ -124,17 +126,17 @@ LABELS_2X2 = jnp.asarray([[[0, 1], [2, 3]]], jnp.int32)  # (1, 2, 2), every clas
 def test_segmentation_perfect_logits():
     logits = 30.0 * jax.nn.one_hot(LABELS_2X2, 4)
     total, parts = losses.segmentation_loss(logits, LABELS_2X2)
-    assert float(parts["ce"]) < 1e-6
-    assert float(parts["dice"]) < 1e-5
+    assert float(parts["loss_ce"]) < 1e-6
+    assert float(parts["loss_dice"]) < 1e-5
     assert float(total) < 1e-5
 
 
 def test_segmentation_uniform_logits_hand_values():
     s = losses.DICE_SMOOTH
     _, parts = losses.segmentation_loss(jnp.zeros((1, 2, 2, 4)), LABELS_2X2)
-    np.testing.assert_allclose(parts["ce"], math.log(4), rtol=1e-6)
+    np.testing.assert_allclose(parts["loss_ce"], math.log(4), rtol=1e-6)
     # Each foreground class: intersection 0.25, sum p = 1, sum t = 1.
-    np.testing.assert_allclose(parts["dice"], 1 - (0.5 + s) / (2 + s), rtol=1e-6)
+    np.testing.assert_allclose(parts["loss_dice"], 1 - (0.5 + s) / (2 + s), rtol=1e-6)
 
 
 def test_segmentation_soft_dice_hand_case():
@@ -147,28 +149,28 @@ def test_segmentation_soft_dice_hand_case():
     d2 = (2 * 0.25 + s) / (0.95 + 1 + s)
     d3 = (2 * 0.4 + s) / (0.85 + 1 + s)
     ce = -(math.log(0.7) + math.log(0.6) + math.log(0.25) + math.log(0.4)) / 4
-    np.testing.assert_allclose(parts["dice"], 1 - (d1 + d2 + d3) / 3, rtol=1e-5)
-    np.testing.assert_allclose(parts["ce"], ce, rtol=1e-5)
+    np.testing.assert_allclose(parts["loss_dice"], 1 - (d1 + d2 + d3) / 3, rtol=1e-5)
+    np.testing.assert_allclose(parts["loss_ce"], ce, rtol=1e-5)
     np.testing.assert_allclose(total, ce + 1 - (d1 + d2 + d3) / 3, rtol=1e-5)
     # The mask weights the CE only: keep pixels (0, 1) and (1, 1).
     mask = jnp.asarray([[[0.0, 1.0], [0.0, 1.0]]])
     _, masked = losses.segmentation_loss(jnp.log(probs), LABELS_2X2, mask=mask)
-    np.testing.assert_allclose(masked["ce"], -(math.log(0.6) + math.log(0.4)) / 2, rtol=1e-5)
-    np.testing.assert_allclose(masked["dice"], parts["dice"], rtol=1e-6)
+    np.testing.assert_allclose(masked["loss_ce"], -(math.log(0.6) + math.log(0.4)) / 2, rtol=1e-5)
+    np.testing.assert_allclose(masked["loss_dice"], parts["loss_dice"], rtol=1e-6)
 
 
 def test_segmentation_regions_mode():
     s = losses.DICE_SMOOTH
     # Regions of LABELS_2X2 (WT, TC, ET): 0 -> 000, 1 -> 110, 2 -> 100, 3 -> 111.
     _, parts = losses.segmentation_loss(jnp.zeros((1, 2, 2, 3)), LABELS_2X2, mode="regions")
-    np.testing.assert_allclose(parts["ce"], math.log(2), rtol=1e-6)
+    np.testing.assert_allclose(parts["loss_ce"], math.log(2), rtol=1e-6)
     # p = 0.5 everywhere: region sizes WT 3, TC 2, ET 1 out of 4 pixels.
     dice = [(2 * 0.5 * n + s) / (2 + n + s) for n in (3, 2, 1)]
-    np.testing.assert_allclose(parts["dice"], 1 - sum(dice) / 3, rtol=1e-6)
+    np.testing.assert_allclose(parts["loss_dice"], 1 - sum(dice) / 3, rtol=1e-6)
     # Perfect region logits built independently of regions.py.
     targets = jnp.asarray([[[[0, 0, 0], [1, 1, 0]], [[1, 0, 0], [1, 1, 1]]]], jnp.float32)
     total, parts = losses.segmentation_loss(30.0 * (2 * targets - 1), LABELS_2X2, mode="regions")
-    assert float(parts["ce"]) < 1e-6 and float(parts["dice"]) < 1e-5
+    assert float(parts["loss_ce"]) < 1e-6 and float(parts["loss_dice"]) < 1e-5
     # Swapping two regions' logits must hurt.
     wrong, _ = losses.segmentation_loss(
         30.0 * (2 * targets[..., ::-1] - 1), LABELS_2X2, mode="regions"

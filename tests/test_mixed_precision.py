@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from configs import tiny
-from fuse4seg_jax import steps
+from fuse4seg_jax import recipe
 from fuse4seg_jax.data import phantom
 
 
@@ -17,12 +17,12 @@ def _step(method, compute_dtype):
     config.bilevel.method = method
     if method == "implicit_cg":
         config.bilevel.cg_steps = 3  # each CG step is unrolled into the compiled program
-    models, objs, outer_tx, inner_opt, train, _ = steps.make_steps(config)
-    state = steps.init_state(config, *models, outer_tx, inner_opt)
+    run = recipe.build(config)
+    models, objs, state = (run.fusion_model, run.seg_model), run.parts, run.init_state()
     data = phantom.make_dataset(seed=1, num_cases=2, slices_per_case=4, image_size=32)
     batch = {k: jnp.asarray(data[k]) for k in ("modalities", "label", "mask")}
     logits = objs.segment(state.seg.params, objs.fuse(state.fusion.params, batch))
-    new_state, metrics = jax.jit(train)(state, batch)
+    new_state, metrics = jax.jit(run.train_step)(state, batch)
     return models, logits, new_state, metrics
 
 

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from configs import tiny
-from fuse4seg_jax import inference, predict, report, steps
+from fuse4seg_jax import atomic_files, case_prediction, inference, recipe
 from fuse4seg_jax.checkpointing import Checkpointer
 from fuse4seg_jax.data import brats, phantom
 from fuse4seg_jax.data.errors import DataError
@@ -24,9 +24,7 @@ CASES = {"BraTS2021_00001": "2021", "BraTS-GLI-00002-000": "2023"}
 def _save_checkpoint(config, workdir):
     """A randomly initialised state saved as a run's checkpoint: inference needs a
     checkpoint, not a trained model (tests/test_export.py uses a trained one)."""
-    _, _, outer_tx, inner_opt, _, _ = steps.make_steps(config)
-    fusion_model, seg_model = steps.build_models(config)
-    init = jax.jit(lambda: steps.init_state(config, fusion_model, seg_model, outer_tx, inner_opt))
+    init = jax.jit(recipe.build(config).init_state)
     ckpt = Checkpointer(str(workdir), every=0)
     ckpt.save(0, init(), {"data_position": 0}, force=True)
     ckpt.close()
@@ -37,7 +35,7 @@ def _save_checkpoint(config, workdir):
 def run(tmp_path_factory):
     config = tiny.get_config()
     workdir = _save_checkpoint(config, tmp_path_factory.mktemp("run"))
-    report.write_json(os.path.join(workdir, "config.json"), config.to_dict())
+    atomic_files.write_json(os.path.join(workdir, "config.json"), config.to_dict())
     return config, workdir
 
 
@@ -85,7 +83,8 @@ def test_predict_writes_the_models_outputs_on_the_inputs_grid(run, cases, tmp_pa
     config, workdir = run
     lines = []
     out = tmp_path / "out"
-    n = predict.predict(config, workdir, cases, out, crop=0, log=lines.append)  # whole slices
+    # crop 0: whole slices
+    n = case_prediction.predict(config, workdir, cases, out, crop=0, log=lines.append)
     assert n == 2 and lines[-1].startswith("predicted 2 cases, 20 slices")
     assert any(line.startswith("[1/2] BraTS-GLI-00002-000: 10 slices") for line in lines)
     predictor = inference.load_trained(config, workdir)
@@ -143,7 +142,7 @@ def test_brain_window_holds_the_brain_and_outside_it_is_background(run):
     config, workdir = run
     volume = _off_centre_case()
     brain = volume.max(axis=-1) > 0
-    window = predict.brain_window(volume, crop=32)
+    window = case_prediction.brain_window(volume, crop=32)
     x, y, z = window
     assert (z.start, z.stop) == _extent(brain, 2)  # exactly the slices with brain
     for axis, s in ((0, x), (1, y)):
@@ -153,15 +152,19 @@ def test_brain_window_holds_the_brain_and_outside_it_is_background(run):
         assert side >= max(32, hi - lo) and (side == 32 or side % 16 == 0)
     assert (x.stop - x.start) * (y.stop - y.start) < 80 * 72  # the window saves work
     predictor = inference.load_trained(config, workdir, batch_size=4)
-    out = predict._predict_volume(predictor, volume, crop=32)
+    out = case_prediction._predict_volume(predictor, volume, crop=32)
     inside = np.zeros(volume.shape[:3], bool)
     inside[window] = True
     assert not out["pred"][~inside].any() and not out["fused"][~inside].any()
     expected = predictor.predict(np.moveaxis(volume[window], 2, 0))
     np.testing.assert_array_equal(out["pred"][window], np.moveaxis(expected["pred"], 0, 2))
     np.testing.assert_allclose(out["fused"][window], np.moveaxis(expected["fused"], 0, 2))
-    assert predict.brain_window(volume, crop=0) == (slice(0, 80), slice(0, 72), slice(0, 14))
-    empty = predict._predict_volume(predictor, np.zeros_like(volume), crop=32)
+    assert case_prediction.brain_window(volume, crop=0) == (
+        slice(0, 80),
+        slice(0, 72),
+        slice(0, 14),
+    )
+    empty = case_prediction._predict_volume(predictor, np.zeros_like(volume), crop=32)
     assert not empty["pred"].any() and not empty["fused"].any()
 
 
@@ -191,7 +194,9 @@ def test_cli_refuses_existing_outputs_and_overwrites_when_asked(run, cases, tmp_
     after = _snapshot(out)
     assert after.keys() == before.keys() and after[seg_path.name] == before[seg_path.name]
     # ... with the same bytes: same checkpoint and input, deterministic writer
-    assert predict.predict(run[0], workdir, case_dir, out, skip_existing=True, log=print) == 0
+    assert (
+        case_prediction.predict(run[0], workdir, case_dir, out, skip_existing=True, log=print) == 0
+    )
 
 
 def test_missing_modality_is_a_one_line_error_and_nothing_is_written(run, cases, tmp_path):
@@ -217,7 +222,7 @@ def test_feature_level_model_writes_only_the_segmentation(cases, tmp_path):
     config = tiny.get_config()
     config.model.kind = "early_fusion"
     workdir = _save_checkpoint(config, tmp_path / "run")
-    predict.predict(config, workdir, cases, tmp_path / "out", log=lambda _: None)
+    case_prediction.predict(config, workdir, cases, tmp_path / "out", log=lambda _: None)
     for name in CASES:
         files = sorted(p.name for p in (tmp_path / "out" / name).iterdir())
         assert files == [f"{name}_preview.png", f"{name}_seg.nii.gz"]
@@ -241,7 +246,7 @@ def test_checkpoint_and_config_errors_are_one_line(run, tmp_path):
         inference.load_trained(other, str(bare))
     assert "\n" not in str(e.value)
     with pytest.raises(DataError, match="input folder does not exist"):
-        predict.predict(config, workdir, tmp_path / "missing", tmp_path / "out")
+        case_prediction.predict(config, workdir, tmp_path / "missing", tmp_path / "out")
 
 
 def test_unreadable_case_stops_the_run_and_leaves_no_part_of_it(run, cases, tmp_path):
@@ -255,7 +260,7 @@ def test_unreadable_case_stops_the_run_and_leaves_no_part_of_it(run, cases, tmp_
     flair.write_bytes(flair.read_bytes()[:200])  # truncated: found by reading, not before
     out = tmp_path / "out"
     with pytest.raises(DataError, match=r"cannot be read.*\(1 of 2 cases written\)") as e:
-        predict.predict(config, workdir, root, out, log=lambda _: None)
+        case_prediction.predict(config, workdir, root, out, log=lambda _: None)
     assert str(e.value).startswith(str(flair)) and "\n" not in str(e.value)
     assert sorted(p.name for p in out.iterdir()) == ["BraTS-GLI-00002-000"]  # the first case
     assert not [p for p in out.rglob(".tmp-*")]

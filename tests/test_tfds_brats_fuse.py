@@ -173,11 +173,11 @@ def test_export_of_brats_fuse_keeps_spacing_and_whole_slices(brats_dir, tmp_path
     import csv
 
     from configs import tiny
-    from fuse4seg_jax import export
+    from fuse4seg_jax import benchmark_export
 
     config = tiny.get_config()
     config.data = _data_config(brats_dir, tmp_path / "tfds")
-    n = export.export(config, str(tmp_path / "out"), export.CLASSICAL["mean"])
+    n = benchmark_export.export(config, str(tmp_path / "out"), benchmark_export.CLASSICAL["mean"])
     with open(tmp_path / "out" / "index.csv") as f:
         rows = list(csv.DictReader(f))
     assert n == len(rows) == 30

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from configs import tiny
-from fuse4seg_jax import steps, trainer
+from fuse4seg_jax import recipe, trainer
 from fuse4seg_jax.checkpointing import Checkpointer
 from fuse4seg_jax.config_validation import ConfigError
 from fuse4seg_jax.metric_writer import read_jsonl
@@ -29,9 +29,7 @@ def _tiny(**overrides):
 
 def _final_params(workdir, config):
     """The state saved in workdir's latest checkpoint, restored like a fresh state."""
-    _, _, outer_tx, inner_opt, _, _ = steps.make_steps(config)
-    fusion_model, seg_model = steps.build_models(config)
-    template = steps.init_state(config, fusion_model, seg_model, outer_tx, inner_opt)
+    template = recipe.build(config).init_state()
     ckpt = Checkpointer(workdir, every=0)
     state, meta = ckpt.restore(template)
     ckpt.close()

@@ -1,4 +1,6 @@
-"""The tf.data input pipeline: the only module that imports TensorFlow.
+"""The tf.data input pipeline: with the TFDS builders (data/tfds_*.py, which build and read
+the datasets), the only code that imports TensorFlow; data/sources.py imports them only
+when a dataset is loaded, so models, steps and the trainer's own code never do.
 
 Host-side: reads this process's share of the examples, shuffles, augments,
 batches to a fixed per-process batch and prefetches; yields numpy dicts that

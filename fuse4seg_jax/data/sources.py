@@ -20,6 +20,8 @@ import numpy as np
 from fuse4seg_jax.data.errors import DataError
 
 DATASETS = ("phantom", "brats_fuse", "harvard_mif")
+SPLITS = ("train", "validation", "test")
+HELD_OUT_SPLITS = SPLITS[1:]  # what data.eval_split may name
 
 
 def load(data_config, seed: int):
