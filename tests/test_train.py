@@ -54,6 +54,32 @@ def test_resume_gives_the_same_params_as_a_straight_run(tmp_path):
     assert steps_logged == sorted(set(steps_logged))  # no duplicate rows after the restart
 
 
+def test_a_failing_run_finishes_its_checkpoint_and_closes_its_writer(tmp_path, monkeypatch):
+    """An error in the loop (here a non-finite loss at the second logged window) still
+    finishes the pending asynchronous checkpoint save and closes the metric writer."""
+    closed = []
+    for cls in (trainer.Checkpointer, trainer.MetricWriter):
+        original = cls.close
+        monkeypatch.setattr(
+            cls, "close", lambda self, _o=original, _c=cls: (closed.append(_c), _o(self))[1]
+        )
+    real_log_window = trainer._log_window
+
+    def log_window(window, step, *args):
+        if step >= 4:
+            raise trainer.NonFiniteLossError(f"planted at step {step}")
+        return real_log_window(window, step, *args)
+
+    monkeypatch.setattr(trainer, "_log_window", log_window)
+    config = _tiny(train__num_steps=6, train__log_every=2, train__checkpoint_every=3)
+    with pytest.raises(trainer.NonFiniteLossError, match="planted at step 4"):
+        trainer.train_and_evaluate(config, str(tmp_path))
+    assert set(closed) == {trainer.Checkpointer, trainer.MetricWriter}
+    state, meta = _final_params(str(tmp_path), config)  # step 3's save completed
+    assert int(state.step) == 3 and meta["data_position"] == 3
+    assert not [p.name for p in (tmp_path / "checkpoints").iterdir() if not p.name.isdigit()]
+
+
 @pytest.mark.parametrize("inner", ["fusion", "segmentation"])
 def test_tiny_training_lowers_the_losses_and_writes_outputs(tmp_path, inner):
     config = _tiny(
