@@ -3,8 +3,12 @@
 import csv
 import os
 
+import pytest
+
 from configs import ablation
 from fuse4seg_jax import ablate
+
+pytestmark = pytest.mark.slow  # trains and evaluates every ablation arm (about a minute)
 
 
 def _config(tmp_path):

@@ -40,6 +40,7 @@ def _leaves_equal(a, b):
     return all(np.array_equal(x, y) for x, y in pairs)
 
 
+@pytest.mark.slow
 def test_two_stage_trains_fusion_alone_then_freezes_it():
     config = _config("two_stage")
     config.train.num_steps, config.train.fusion_steps = 4, 2
@@ -63,6 +64,7 @@ def test_two_stage_trains_fusion_alone_then_freezes_it():
     assert int(state.step) == 4
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", ["mean", "max", "pca", "laplacian"])
 def test_classical_kind_segments_the_classical_fusion(method):
     config = _config("classical", classical=method)
@@ -85,6 +87,7 @@ def test_single_modality_kind_feeds_that_channel():
     np.testing.assert_array_equal(np.asarray(out["fused"]), np.asarray(batch["modalities"][..., 0]))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["early_fusion", "dual_encoder"])
 def test_feature_level_kinds_see_every_modality_and_make_no_fused_image(kind):
     config = _config(kind)
@@ -127,6 +130,7 @@ def test_two_stage_fusion_steps_out_of_range_is_named():
         validate(config, num_devices=1)
 
 
+@pytest.mark.slow
 def test_dual_encoder_through_the_trainer_writes_results_without_a_fused_image(tmp_path):
     config = _config("dual_encoder")
     config.train.num_steps, config.train.eval_every = 4, 100

@@ -283,6 +283,7 @@ def test_inner_opt_state_round_trip():
         )
 
 
+@pytest.mark.slow
 def test_jit_matches_eager():
     f, F, x, y, inner_batch, outer_batch = _mlp_problem(seed=8)
     adam = make_inner_optimizer("adam", 0.05)

@@ -71,6 +71,7 @@ def _assert_trees_close(a, b, rtol, atol):
         np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=rtol, atol=atol)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind,option", KINDS, ids=[f"{k}-{o}" if o else k for k, o in KINDS])
 def test_step_kind_on_eight_devices_matches_one(kind, option):
     assert jax.device_count() == 8, "conftest sets 8 fake CPU devices"

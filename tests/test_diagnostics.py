@@ -2,6 +2,7 @@
 
 import jax
 import numpy as np
+import pytest
 
 from configs import tiny
 from fuse4seg_jax import recipe, trainer
@@ -16,6 +17,7 @@ def _diagnose(config):
     return jax.device_get(jax.jit(run.diagnose_step)(run.init_state(), batch))
 
 
+@pytest.mark.slow
 def test_reference_against_itself_is_exact_and_first_order_is_not(tmp_path):
     config = tiny.get_config()
     config.data.tfds_dir = str(tmp_path)
@@ -34,6 +36,7 @@ def test_reference_against_itself_is_exact_and_first_order_is_not(tmp_path):
     assert first["hypergrad_cosine"] < 1.0 - 1e-6  # the implicit term is missing
 
 
+@pytest.mark.slow
 def test_trainer_logs_diagnostics_on_its_cadence(tmp_path):
     config = tiny.get_config()
     config.data.tfds_dir = str(tmp_path / "tfds")

@@ -10,6 +10,7 @@ import sys
 
 import numpy as np
 import pytest
+import timeouts
 
 from configs import harvard as harvard_config
 from configs import tiny
@@ -42,6 +43,7 @@ def _rows(path):
         return list(csv.DictReader(f))
 
 
+@pytest.mark.slow
 def test_evaluate_a_trained_run(trained, tmp_path):
     config, workdir = trained
     out = tmp_path / "eval"
@@ -71,6 +73,7 @@ def test_evaluate_a_trained_run(trained, tmp_path):
     assert not [p for p in os.listdir(tmp_path) if p.startswith(".eval.partial")]
 
 
+@pytest.mark.slow
 def test_existing_output_is_refused_without_overwrite(trained, tmp_path):
     config, workdir = trained
     out = tmp_path / "eval"
@@ -97,6 +100,7 @@ def test_existing_output_is_refused_without_overwrite(trained, tmp_path):
         env=dict(os.environ, PYTHONPATH=ROOT),
         capture_output=True,
         text=True,
+        timeout=timeouts.limit(300),
     )
     assert cli.returncode == 1
     assert cli.stderr.strip().splitlines()[-1].startswith(f"error: {out} exists")

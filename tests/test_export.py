@@ -42,6 +42,7 @@ def test_classical_export_writes_every_record_and_refuses_to_overwrite(tmp_path)
     assert not [p for p in tmp_path.iterdir() if "partial" in p.name or p.name.endswith(".old")]
 
 
+@pytest.mark.slow
 def test_checkpoint_export_uses_the_trained_fusion_network(tmp_path):
     config = _config(tmp_path)
     config.train.num_steps = 2

@@ -1,7 +1,5 @@
 """Feature-level baselines: early-fusion U-Net and the multi-encoder DualEncoderUNet."""
 
-import time
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -179,13 +177,6 @@ def test_constructor_knobs_and_bad_sizes():
         DualEncoderUNet().init(KEY, jnp.zeros((32, 32, 2)))
 
 
-def test_tiny_variants_are_small_and_fast(dual_tiny, dual_tiny_grad):
-    params = dual_tiny[1]
-    assert _count(params) < 5_000
-    x, target = _uniform((2, 32, 32, 2), 4), _uniform((2, 32, 32, 4), 5)
-    jax.block_until_ready(dual_tiny_grad(params, x, target))  # compiled already or now
-    start = time.perf_counter()
-    for _ in range(5):
-        jax.block_until_ready(dual_tiny_grad(params, x, target))
-    # Forward + backward of a 32x32 pair takes milliseconds; 1 s each is a loose bound.
-    assert (time.perf_counter() - start) / 5 < 1.0
+def test_tiny_variant_is_small(dual_tiny):
+    """The tests' twin stays tiny (its speed is measured by benchmarks, not asserted)."""
+    assert _count(dual_tiny[1]) < 5_000

@@ -45,6 +45,7 @@ def _config(tmp_path):
     return config
 
 
+@pytest.mark.slow
 def test_fusion_only_training_lowers_the_fusion_loss(tmp_path):
     _write_pairs(tmp_path / "harvard")
     config = _config(tmp_path)

@@ -30,6 +30,8 @@ from fuse4seg_jax import bilevel, objectives
 from fuse4seg_jax.data import phantom
 from fuse4seg_jax.models import get_fusion_model, get_segmentation_model
 
+pytestmark = pytest.mark.slow  # float64 finite differences of whole networks: minutes
+
 F64 = jnp.float64
 LR, K, EPS = 0.05, 2, 1e-4
 

@@ -11,6 +11,7 @@ import functools
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 from jax.flatten_util import ravel_pytree
 from test_bilevel import ALPHA, BIG, RHO, SMALL, _flat, _mlp_problem, _quadratic
 
@@ -54,6 +55,7 @@ def _temp_bytes(second_order, inner_steps, truncate_steps):
     return compiled.memory_analysis().temp_size_in_bytes
 
 
+@pytest.mark.slow
 def test_truncated_unroll_memory_flat_in_total_steps():
     k, totals = 2, (32, 64, 128)  # prefixes of 30+ steps exceed UNROLL_MAX_STEPS: lax.scan
     assert totals[0] - k > bilevel.UNROLL_MAX_STEPS
@@ -101,6 +103,7 @@ def test_implicit_cg_is_differentiable():
         assert all(bool(jnp.all(jnp.isfinite(g))) for g in jax.tree.leaves(got))
 
 
+@pytest.mark.slow
 def test_bfloat16_params_solve_in_float32():
     f, F, x, y, inner_batch, outer_batch = _mlp_problem(seed=21)
     x, y = jax.tree.map(lambda a: jnp.asarray(a, jnp.bfloat16), (x, y))

@@ -153,6 +153,7 @@ def test_darts_closed_form(orientation):
     np.testing.assert_allclose(grads[True], grads[False], rtol=1e-12, atol=1e-13)
 
 
+@pytest.mark.slow
 def test_fd_mixed_product_matches_vjp():
     # Quadratic: f_xy is constant, so the central difference is exact up to rounding.
     f, _, x, y0, arr = _quadratic_problem(SMALL, BIG, seed=14)
@@ -238,6 +239,7 @@ SECOND_ORDER_CALLS = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("problem", ["quadratic", "mlp"])
 def test_implicit_term_nonzero_every_method(problem):
     if problem == "quadratic":

@@ -12,6 +12,7 @@ import sys
 
 import nbformat
 import pytest
+import timeouts
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LAUNCH = os.path.join(ROOT, "launch")
@@ -88,7 +89,9 @@ def test_every_notebook_code_cell_is_in_the_readme_verbatim():
 
 @pytest.mark.parametrize("path", SCRIPTS, ids=os.path.basename)
 def test_bash_parses(path):
-    result = subprocess.run(["bash", "-n", path], capture_output=True, text=True)
+    result = subprocess.run(
+        ["bash", "-n", path], capture_output=True, text=True, timeout=timeouts.limit(60)
+    )
     assert result.returncode == 0, result.stderr
 
 
@@ -106,7 +109,9 @@ def test_shellcheck_has_no_findings(path):
     args = [shellcheck, "--external-sources", "--source-path=SCRIPTDIR", "--severity=style"]
     if os.path.basename(path) in _sourced_libraries():
         args.append("--exclude=SC2034")
-    result = subprocess.run([*args, path], capture_output=True, text=True)
+    result = subprocess.run(
+        [*args, path], capture_output=True, text=True, timeout=timeouts.limit(120)
+    )
     assert result.returncode == 0, result.stdout + result.stderr
 
 
@@ -115,7 +120,7 @@ def _run(script, *args, env=None):
         ["bash", os.path.join(LAUNCH, script), *args],
         capture_output=True,
         text=True,
-        timeout=30,
+        timeout=timeouts.limit(60),
         env=env,
     )
 

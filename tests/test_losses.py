@@ -192,6 +192,7 @@ def _second_order(fn, x, v):
     return hvp_fwd, hvp_rev
 
 
+@pytest.mark.slow
 def test_fusion_loss_second_order_finite():
     src = _rand((2, 16, 16, 2), 6)
     f = _rand((2, 16, 16, 1), 7)

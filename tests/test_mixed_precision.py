@@ -26,6 +26,7 @@ def _step(method, compute_dtype):
     return models, logits, new_state, metrics
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", ["unrolled", "implicit_cg"])
 def test_bfloat16_compute_keeps_float32_state_and_losses(method):
     models, logits, state, metrics = _step(method, "bfloat16")

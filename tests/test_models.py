@@ -161,6 +161,7 @@ def test_bilinear_upsample_matches_jax_image_resize():
     np.testing.assert_allclose(layers.upsample_bilinear2x(x), want, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_second_order_through_fusion_and_unet():
     """The bi-level mixed product: jvp of grad through F_theta then S_phi is finite and agrees."""
     fusion = models.get_fusion_model("fusion_tiny")

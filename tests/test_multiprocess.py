@@ -10,6 +10,8 @@ import sys
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
+import timeouts
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
@@ -27,38 +29,45 @@ def _free_port() -> int:
 def _train_two_processes(workdir, tfds_dir, num_steps):
     port = _free_port()
     env = dict(os.environ, PYTHONPATH=ROOT, XLA_FLAGS="--xla_force_host_platform_device_count=2")
-    procs = [
-        subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "fuse4seg_jax.train",
-                "--config",
-                "configs/tiny.py",
-                "--workdir",
-                str(workdir),
-                "--distributed",
-                f"--coordinator_address=localhost:{port}",
-                "--num_processes=2",
-                f"--process_id={i}",
-                f"--config.train.num_steps={num_steps}",
-                "--config.train.check_replicas_every=1",
-                f"--config.data.tfds_dir={tfds_dir}",
-            ],  # fmt: skip
-            cwd=ROOT,
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for i in range(2)
-    ]
-    outputs = [p.communicate(timeout=600) for p in procs]
-    for p, (_, err) in zip(procs, outputs, strict=True):
-        assert p.returncode == 0, err[-3000:]
-    return outputs[0][0]  # process 0 logs
+    procs, logs = [], []
+    for i in range(2):
+        # Output to files, not pipes: a process blocked on a full pipe would stall the
+        # other one at their next collective.
+        out, err = (workdir.parent / f"process_{i}_{num_steps}.{x}" for x in ("out", "err"))
+        logs.append((out, err))
+        with open(out, "w") as stdout, open(err, "w") as stderr:
+            procs.append(
+                subprocess.Popen(
+                    [
+                        sys.executable,
+                        "-m",
+                        "fuse4seg_jax.train",
+                        "--config",
+                        "configs/tiny.py",
+                        "--workdir",
+                        str(workdir),
+                        "--distributed",
+                        f"--coordinator_address=localhost:{port}",
+                        "--num_processes=2",
+                        f"--process_id={i}",
+                        f"--config.train.num_steps={num_steps}",
+                        "--config.train.check_replicas_every=1",
+                        f"--config.data.tfds_dir={tfds_dir}",
+                    ],  # fmt: skip
+                    cwd=ROOT,
+                    env=env,
+                    stdout=stdout,
+                    stderr=stderr,
+                )
+            )
+    what = f"two training processes ({num_steps} steps; logs: {workdir.parent}/process_*)"
+    timeouts.wait_all(procs, timeout=600, what=what)
+    for p, (_, err) in zip(procs, logs, strict=True):
+        assert p.returncode == 0, err.read_text()[-3000:]
+    return logs[0][0].read_text()  # process 0 logs
 
 
+@pytest.mark.slow
 def test_two_processes_train_together_and_resume(tmp_path):
     work, tfds = tmp_path / "run", tmp_path / "tfds"
     first = _train_two_processes(work, tfds, num_steps=2)

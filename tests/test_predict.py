@@ -9,6 +9,7 @@ import jax
 import nibabel as nib
 import numpy as np
 import pytest
+import timeouts
 
 from configs import tiny
 from fuse4seg_jax import atomic_files, case_prediction, inference, recipe
@@ -56,7 +57,7 @@ def _snapshot(folder):
 def _cli(*args):
     return subprocess.run(
         [sys.executable, "-m", "fuse4seg_jax.predict", *map(str, args)],
-        cwd=ROOT, capture_output=True, text=True, timeout=300,
+        cwd=ROOT, capture_output=True, text=True, timeout=timeouts.limit(300),
     )  # fmt: skip
 
 
@@ -168,6 +169,7 @@ def test_brain_window_holds_the_brain_and_outside_it_is_background(run):
     assert not empty["pred"].any() and not empty["fused"].any()
 
 
+@pytest.mark.slow
 def test_cli_refuses_existing_outputs_and_overwrites_when_asked(run, cases, tmp_path):
     _, workdir = run
     out = tmp_path / "out"
@@ -199,6 +201,7 @@ def test_cli_refuses_existing_outputs_and_overwrites_when_asked(run, cases, tmp_
     )
 
 
+@pytest.mark.slow
 def test_missing_modality_is_a_one_line_error_and_nothing_is_written(run, cases, tmp_path):
     _, workdir = run
     root = tmp_path / "in"
@@ -218,6 +221,7 @@ def test_missing_modality_is_a_one_line_error_and_nothing_is_written(run, cases,
     assert not (tmp_path / "out").exists()  # not even the first, complete case
 
 
+@pytest.mark.slow
 def test_feature_level_model_writes_only_the_segmentation(cases, tmp_path):
     config = tiny.get_config()
     config.model.kind = "early_fusion"

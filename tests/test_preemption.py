@@ -8,6 +8,8 @@ import sys
 
 import jax
 import numpy as np
+import pytest
+import timeouts
 from test_train import ROOT, _final_params, _tiny
 
 from fuse4seg_jax import preemption, trainer
@@ -30,18 +32,26 @@ def _command(workdir):
     ]  # fmt: skip
 
 
+@pytest.mark.slow
 def test_sigterm_checkpoints_and_the_rerun_matches_a_straight_run(tmp_path):
     work = tmp_path / "interrupted"
     env = dict(os.environ, PYTHONPATH=ROOT)
-    proc = subprocess.Popen(
-        _command(work), cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-        text=True,
-    )  # fmt: skip
-    for line in proc.stdout:  # wait until training is under way, then preempt
-        if line.startswith("step") and "/200" in line:
-            proc.send_signal(signal.SIGTERM)
-            break
-    _, err = proc.communicate(timeout=300)
+    out_path, err_path = tmp_path / "interrupted.out", tmp_path / "interrupted.err"
+    with open(out_path, "w") as out, open(err_path, "w") as err:
+        proc = subprocess.Popen(_command(work), cwd=ROOT, env=env, stdout=out, stderr=err)
+    try:  # wait until training is under way (a step line, however long that takes), preempt
+        timeouts.wait_for_line(
+            out_path, lambda line: line.startswith("step") and f"/{NUM_STEPS}" in line, proc,
+            timeout=600, what="the training command to log its first steps",
+            stderr_path=err_path,
+        )  # fmt: skip
+        proc.send_signal(signal.SIGTERM)
+        timeouts.wait_all([proc], timeout=300, what="the training command to stop on SIGTERM")
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    err = err_path.read_text()
     assert proc.returncode == preemption.EXIT_PREEMPTED, err
     assert "stopped by SIGTERM after step" in err and "rerun the same command" in err
     ckpt = Checkpointer(str(work), every=0)
@@ -50,7 +60,10 @@ def test_sigterm_checkpoints_and_the_rerun_matches_a_straight_run(tmp_path):
     assert 5 <= stopped_at < NUM_STEPS  # saved mid-run, not at the end
     assert not (work / "results.json").exists()
 
-    rerun = subprocess.run(_command(work), cwd=ROOT, env=env, capture_output=True, text=True)
+    rerun = subprocess.run(
+        _command(work), cwd=ROOT, env=env, capture_output=True, text=True,
+        timeout=timeouts.limit(600),
+    )  # fmt: skip
     assert rerun.returncode == 0, rerun.stderr
     assert f"resumed from checkpoint at step {stopped_at}" in rerun.stdout
 

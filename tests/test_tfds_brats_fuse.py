@@ -6,6 +6,7 @@ import sys
 
 import numpy as np
 import pytest
+import timeouts
 
 from configs import brats_fuse as brats_config
 from fuse4seg_jax.data import phantom, sources, tfds_brats_fuse
@@ -123,6 +124,7 @@ def test_bad_case_stops_the_build_and_leaves_nothing(brats_dir, tmp_path):
     assert victim.name not in ids and len(ids) == 4
 
 
+@pytest.mark.slow
 def test_train_command_on_a_brats_folder(brats_dir, tmp_path):
     """The documented command, with a tiny model: builds brats_fuse, trains, evaluates."""
     overrides = {
@@ -154,7 +156,7 @@ def test_train_command_on_a_brats_folder(brats_dir, tmp_path):
         cwd=ROOT,
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=timeouts.limit(900),  # 90 s measured at load average 5-8, cold cache
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "held-out Dice over 1 cases" in proc.stdout  # the validation split: one case

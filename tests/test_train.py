@@ -9,6 +9,7 @@ import sys
 import jax
 import numpy as np
 import pytest
+import timeouts
 
 from configs import tiny
 from fuse4seg_jax import recipe, trainer
@@ -36,6 +37,7 @@ def _final_params(workdir, config):
     return state, meta
 
 
+@pytest.mark.slow
 def test_resume_gives_the_same_params_as_a_straight_run(tmp_path):
     config = _tiny(train__num_steps=4, train__checkpoint_every=0, train__eval_every=100)
     trainer.train_and_evaluate(config, str(tmp_path / "straight"))
@@ -54,6 +56,7 @@ def test_resume_gives_the_same_params_as_a_straight_run(tmp_path):
     assert steps_logged == sorted(set(steps_logged))  # no duplicate rows after the restart
 
 
+@pytest.mark.slow
 def test_a_failing_run_finishes_its_checkpoint_and_closes_its_writer(tmp_path, monkeypatch):
     """An error in the loop (here a non-finite loss at the second logged window) still
     finishes the pending asynchronous checkpoint save and closes the metric writer."""
@@ -80,6 +83,7 @@ def test_a_failing_run_finishes_its_checkpoint_and_closes_its_writer(tmp_path, m
     assert not [p.name for p in (tmp_path / "checkpoints").iterdir() if not p.name.isdigit()]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("inner", ["fusion", "segmentation"])
 def test_tiny_training_lowers_the_losses_and_writes_outputs(tmp_path, inner):
     config = _tiny(
@@ -133,7 +137,7 @@ def test_cli_rejects_unknown_override_keys(tmp_path):
         cwd=ROOT,
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=timeouts.limit(120),
     )
     assert proc.returncode != 0
     last = proc.stderr.strip().splitlines()[-1]
