@@ -24,8 +24,10 @@ def _log(message):
 
 
 def load_split(config, split: str) -> dict:
-    """The examples of one split as a numpy dict (batch convention, sorted by case/slice)."""
+    """The examples of one split as a numpy dict (batch convention, sorted by case/slice).
+    ValueError (one line) naming the dataset's splits if it has no split `split`."""
     data = config.data
+    sources.check_split(data, split)
     with data.unlocked():
         if split != "train":
             data.eval_split = split

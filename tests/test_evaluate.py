@@ -137,3 +137,37 @@ def test_harvard_pairs_get_fusion_metrics_and_a_colour_figure(tmp_path):
     rows = _rows(out / "metrics.csv")
     assert rows and all(float(r["EN"]) > 0 for r in rows)
     assert (out / "pairs.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_a_split_the_dataset_lacks_is_refused(tmp_path):
+    """The phantom has train and validation only: `--split test` is one `error:` line naming
+    the splits it has, not the validation cases written out as "test"."""
+    config = _config(tmp_path)
+    with pytest.raises(ValueError, match="phantom has no such split; its splits are train, val"):
+        evaluation.evaluate(config, str(tmp_path / "direct"), classical="mean", split="test")
+    out = tmp_path / "eval-test"
+    cli = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "fuse4seg_jax.evaluate",
+            "--config",
+            "configs/tiny.py",
+            "--classical",
+            "mean",
+            "--split",
+            "test",
+            "--out",
+            str(out),
+            f"--config.data.tfds_dir={config.data.tfds_dir}",
+        ],  # fmt: skip
+        cwd=ROOT,
+        env=dict(os.environ, PYTHONPATH=ROOT),
+        capture_output=True,
+        text=True,
+        timeout=timeouts.limit(300),
+    )
+    assert cli.returncode == 1, cli.stderr[-2000:]
+    last = cli.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: split 'test'") and "train, validation" in last
+    assert not out.exists()

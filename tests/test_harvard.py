@@ -177,6 +177,27 @@ def test_read_png_converts_modes(tmp_path):
     assert out.flags.writeable
 
 
+def test_12_bit_data_in_a_16_bit_png_keeps_its_brightness(tmp_path):
+    """Values up to 4095 in a 16-bit grey PNG: scaled by 4095, not 65535 (nearly black)."""
+    from PIL.PngImagePlugin import PngInfo
+
+    values = np.linspace(0, 4095, 64).round().astype(np.uint16).reshape(8, 8)
+    expected = np.rint(values / 4095.0 * 255.0).astype(np.uint8)
+    Image.fromarray(values).save(tmp_path / "g12.png")
+    out = read_png(tmp_path / "g12.png")
+    assert out[..., 0].max() == 255  # max near 1.0 after /255, not 0.06
+    np.testing.assert_array_equal(out, np.repeat(expected[..., None], 3, -1))
+    info = PngInfo()
+    info.add(b"sBIT", b"\x0c")  # 12 significant bits, values stored unshifted
+    Image.fromarray(values // 2).save(tmp_path / "sbit12.png", pnginfo=info)
+    half = read_png(tmp_path / "sbit12.png")[..., 0]
+    np.testing.assert_array_equal(half, np.rint((values // 2) / 4095.0 * 255.0))
+    # sBIT 12 but the values scaled to 16 bits as the PNG spec intends: / 65535
+    scaled = (values << 4) | (values >> 8)
+    Image.fromarray(scaled).save(tmp_path / "spec.png", pnginfo=info)
+    np.testing.assert_array_equal(read_png(tmp_path / "spec.png")[..., 0], expected)
+
+
 # ---------------------------------------------------------------- real data
 
 

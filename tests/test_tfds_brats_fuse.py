@@ -187,3 +187,32 @@ def test_export_of_brats_fuse_keeps_spacing_and_whole_slices(brats_dir, tmp_path
     assert all(float(r["spacing_x_mm"]) == 4.0 for r in rows)
     fused = np.load(tmp_path / "out" / rows[0]["fused"].replace(".png", ".npy"))
     assert fused.shape == SHAPE[:2]  # exported whole, not cropped
+
+
+def test_a_changed_source_folder_builds_a_new_dataset(brats_dir, tmp_path):
+    """Same tfds_dir and protocol, another manual_dir: the data come from the new folder
+    (never the dataset built from the old one); an empty folder is the usual error."""
+    tfds_dir = tmp_path / "tfds"
+    train_a, eval_a = sources.load(_data_config(brats_dir, tfds_dir), 0)
+    ids_a = set(train_a["case_id"]) | set(eval_a["case_id"])
+    other = tmp_path / "other"
+    other.mkdir()
+    chosen = sorted(brats_dir.iterdir())[5:]  # 5 of the 10 cases
+    for case_dir in chosen:
+        (other / case_dir.name).mkdir()
+        for f in case_dir.iterdir():
+            (other / case_dir.name / f.name).write_bytes(f.read_bytes())
+    train_b, eval_b = sources.load(_data_config(other, tfds_dir), 0)
+    ids_b = set(train_b["case_id"]) | set(eval_b["case_id"])
+    assert len(ids_a) > 5 and ids_b <= {d.name for d in chosen}
+    # a modified file in the same folder is a new source too
+    builder_b = tfds_brats_fuse.make_builder(_data_config(other, tfds_dir))
+    victim = sorted((other / chosen[0].name).iterdir())[0]
+    victim.write_bytes(victim.read_bytes())
+    os.utime(victim, ns=(1, 1))
+    builder_c = tfds_brats_fuse.make_builder(_data_config(other, tfds_dir))
+    assert builder_b.builder_config.name != builder_c.builder_config.name
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(DataError, match="no BraTS case folders"):
+        sources.load(_data_config(empty, tfds_dir), 0)

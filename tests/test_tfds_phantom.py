@@ -29,3 +29,15 @@ def test_phantom_through_tfds_equals_the_generator(tmp_path):
     again, _ = sources.load(config, seed=5)
     np.testing.assert_array_equal(again["modalities"], train["modalities"])
     assert len(list(tmp_path.rglob("dataset_info.json"))) == 1
+
+
+def test_a_test_split_is_refused_not_served_from_validation(tmp_path):
+    """The phantom has no test split: data.eval_split="test" is refused naming its splits."""
+    import pytest
+
+    config = tiny.get_config().data
+    config.tfds_dir = str(tmp_path)
+    config.eval_split = "test"
+    with pytest.raises(ValueError, match="its splits are train, validation$"):
+        sources.load(config, seed=5)
+    assert not list(tmp_path.rglob("dataset_info.json"))  # refused before any build

@@ -32,11 +32,24 @@ The chroma offset 0.5 is OpenCV's for float images (8-bit JPEG uses 128/255,
 cv2's uint8 BGR2GRAY uses 14-bit fixed-point coefficients, so `round(255 * Y)`
 can differ from it by one grey level for a few colour pixels (never for grey).
 
+16-bit grey PNGs (`read_png`) are scaled to 8 bits by the bit depth of the data,
+not always by 65535: medical exports often store 10-, 12- or 14-bit values
+unshifted in a 16-bit PNG (12-bit data: at most 4095), which /257 would make
+nearly black. The depth is the PNG's significant-bits (sBIT) chunk when present
+and the values fit in it (values above 2**sBIT - 1 mean the writer scaled them
+to the full 16-bit range as the PNG spec intends, so 16 bits are used);
+otherwise the smallest of 8, 10, 12, 14, 16 bits that holds the image's maximum.
+Values are then scaled by 255 / (2**depth - 1). The cost: a true 16-bit image
+whose maximum happens to be small is brightened; for a fusion benchmark, where
+every image is min-max comparable, that is preferred to a black one. (16-bit
+RGB PNGs are reduced to 8 bits by PIL itself.)
+
 All bad input raises `DataError` ("<file>: <problem>").
 """
 
 from __future__ import annotations
 
+import struct
 from pathlib import Path
 
 import numpy as np
@@ -108,9 +121,41 @@ def colourise(fused_y, cbcr) -> np.ndarray:
     return ycbcr_to_rgb(np.concatenate([np.clip(y, 0.0, 1.0)[..., None], c], axis=-1))
 
 
+_DEPTHS = (8, 10, 12, 14, 16)
+
+
+def _significant_bits(path) -> int | None:
+    """The grey sample's significant bits from the PNG's sBIT chunk (None if absent)."""
+    with open(path, "rb") as f:
+        f.read(8)  # signature (checked by PIL already)
+        while True:
+            head = f.read(8)
+            if len(head) < 8:
+                return None
+            length, kind = struct.unpack(">I4s", head)
+            if kind in (b"IDAT", b"IEND"):  # sBIT must come before the image data
+                return None
+            data = f.read(length)
+            f.read(4)  # CRC
+            if kind == b"sBIT" and data:
+                return int(data[0])
+
+
+def _grey16_depth(path, values: np.ndarray) -> int:
+    """The bit depth the values of a 16-bit grey PNG were written with (module docstring)."""
+    top = int(values.max()) if values.size else 0
+    sbit = _significant_bits(path)
+    if sbit is not None and 1 <= sbit <= 16:
+        return sbit if top <= 2**sbit - 1 else 16
+    return next(d for d in _DEPTHS if top <= 2**d - 1)
+
+
 def read_png(path) -> np.ndarray:
     """One PNG -> (H, W, 3) uint8 RGB. Grey, palette, grey+alpha and RGBA are converted
-    (alpha dropped); 16-bit grey is scaled to 8 bits. DataError names the file."""
+    (alpha dropped); 16-bit grey is scaled to 8 bits by the bit depth of its data (sBIT
+    chunk, else the smallest of 8/10/12/14/16 bits holding its maximum; see the module
+    docstring), so 12-bit values in a 16-bit PNG keep their brightness. DataError names
+    the file."""
     path = Path(path)
     if not path.exists():
         raise DataError(path, "file not found")
@@ -123,7 +168,9 @@ def read_png(path) -> np.ndarray:
             im.load()  # decodes all pixel data: truncated/corrupt streams fail here
             mode = im.mode
             if mode in ("I", "I;16", "I;16B", "I;16L"):
-                grey = np.asarray(im).astype(np.float64) / 257.0
+                values = np.asarray(im)
+                scale = 255.0 / (2 ** _grey16_depth(path, values) - 1)
+                grey = values.astype(np.float64) * scale
                 arr = np.clip(np.rint(grey), 0, 255).astype(np.uint8)
                 arr = np.repeat(arr[..., None], 3, axis=-1)
             else:

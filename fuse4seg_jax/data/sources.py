@@ -10,6 +10,12 @@ section 2; the tf.data pipeline (pipeline.py) takes it from there.
 - "brats_fuse": BraTS-Fuse (data/tfds_brats_fuse.py), built from the BraTS
   folder `data.manual_dir`. Training slices stay whole (the pipeline crops
   them at random to `data.image_size`); held-out slices are centre-cropped.
+Splits (`DATASET_SPLITS`): phantom and harvard_mif have train and validation only,
+brats_fuse also test; asking for a split a dataset lacks (data.eval_split, or
+evaluate's --split) is a one-line ValueError naming the splits it has. A built
+dataset's name includes a fingerprint of its source folder (path, file list, sizes,
+mtimes; see tfds_brats_fuse.py), so a changed data.manual_dir is never served from
+the dataset built from the old folder.
 TensorFlow is imported only when a dataset is loaded.
 """
 
@@ -22,10 +28,30 @@ from fuse4seg_jax.data.errors import DataError
 DATASETS = ("phantom", "brats_fuse", "harvard_mif")
 SPLITS = ("train", "validation", "test")
 HELD_OUT_SPLITS = SPLITS[1:]  # what data.eval_split may name
+# The splits each dataset has: the phantom is generated as train + validation; the Harvard
+# pairs are cut into train + one held-out fifth, called validation; only brats_fuse has test.
+DATASET_SPLITS = {
+    "phantom": ("train", "validation"),
+    "brats_fuse": SPLITS,
+    "harvard_mif": ("train", "validation"),
+}
+
+
+def check_split(data_config, split: str):
+    """ValueError (one line) if dataset data.name has no split `split`, naming those it has
+    (never another split's examples under this name)."""
+    have = DATASET_SPLITS.get(data_config.name)
+    if have is not None and split not in have:
+        raise ValueError(
+            f"split {split!r}: dataset {data_config.name} has no such split; "
+            f"its splits are {', '.join(have)}"
+        )
 
 
 def load(data_config, seed: int):
-    """(train, eval) example dicts, split by case (no case in both)."""
+    """(train, eval) example dicts, split by case (no case in both); the eval part is
+    split data.eval_split (ValueError if the dataset does not have it)."""
+    check_split(data_config, data_config.eval_split)
     if data_config.name == "brats_fuse":
         return _load_brats_fuse(data_config)
     if data_config.name == "harvard_mif":
@@ -47,7 +73,7 @@ def load(data_config, seed: int):
 
 def prepared_builder(data_config, seed: int):
     """The built TFDS builder of a labelled dataset (phantom or brats_fuse), built if needed."""
-    from fuse4seg_jax.data import tfds_brats_fuse, tfds_phantom  # imports TensorFlow
+    from fuse4seg_jax.data import brats, tfds_brats_fuse, tfds_phantom  # imports TensorFlow
 
     if data_config.name == "phantom":
         builder = tfds_phantom.make_builder(data_config, seed)
@@ -60,6 +86,7 @@ def prepared_builder(data_config, seed: int):
     manual_dir = os.path.expanduser(data_config.manual_dir)
     if not os.path.isdir(manual_dir):
         raise DataError(data_config.manual_dir, "BraTS folder (data.manual_dir) not found")
+    brats.find_cases(manual_dir)  # an empty folder: our DataError, not TFDS's AssertionError
     builder = tfds_brats_fuse.make_builder(data_config)
     builder.download_and_prepare(download_config=tfds_brats_fuse.download_config(manual_dir))
     return builder
@@ -119,7 +146,7 @@ def _load_brats_fuse(data_config):
 
 
 def _load_harvard(data_config):
-    from fuse4seg_jax.data import tfds_harvard  # imports TensorFlow: only when asked
+    from fuse4seg_jax.data import harvard, tfds_harvard  # imports TensorFlow: only when asked
 
     root = os.path.expanduser(data_config.manual_dir)
     rows = list(
@@ -130,6 +157,18 @@ def _load_harvard(data_config):
         )
     )
     rows.sort(key=lambda r: (len(r["pair_id"]), r["pair_id"]))  # numeric ids in order
+    first = rows[0]["modalities"].shape
+    for r in rows:
+        if r["modalities"].shape != first:
+            mri = os.path.join(
+                root, data_config.harvard_set, harvard.SETS[data_config.harvard_set][0], "{}.png"
+            )
+            (h0, w0), (h, w) = first[:2], r["modalities"].shape[:2]
+            raise DataError(
+                mri.format(r["pair_id"].decode()),
+                f"size {w}x{h} (WxH) differs from {w0}x{h0} of "
+                f"{mri.format(rows[0]['pair_id'].decode())}; a set must have one image size",
+            )
     mods = np.stack([r["modalities"] for r in rows])
     examples = {
         "modalities": mods,

@@ -26,9 +26,23 @@ A case that cannot be read stops the build with its DataError, or, with
 `skip_bad_cases=True`, is skipped with a warning naming the file and problem.
 TFDS writes into a temporary folder and renames it only when the build is
 complete, so a failed build leaves no half-built dataset.
+
+Identity of a built dataset: `make_builder` names the builder config after the
+protocol values AND the source folder, `..._src<hash>`, where the hash
+(`source_fingerprint`) covers the folder's resolved absolute path and, for every
+file under it (hidden names skipped), its relative path, size and modification
+time (ns). So pointing `data.manual_dir` at another folder, or adding, removing,
+replacing or editing a file in the same folder, gives a new name and a new build
+instead of silently reusing the dataset built from the old source (an empty or
+broken new folder then fails its build with the usual DataError). Only `stat` is
+used, no content hashing: hashing tens of GB of NIfTI on every start would cost
+minutes, while path + size + mtime catch every ordinary change (copy, unpack,
+edit, re-download). A change that keeps size and mtime (e.g. `touch -r` after an
+edit) is not seen; delete the built dataset under `data.tfds_dir` then.
 """
 
 import dataclasses
+import hashlib
 import math
 import os
 import warnings
@@ -59,6 +73,31 @@ def download_config(manual_dir) -> tfds.download.DownloadConfig:
     return tfds.download.DownloadConfig(
         manual_dir=None if manual_dir is None else str(manual_dir), try_download_gcs=False
     )
+
+
+def source_fingerprint(root) -> str:
+    """A short hash of a source folder: its resolved absolute path and the relative path,
+    size and mtime of every file under it (symlinks followed, hidden names skipped); no
+    file contents are read (see the module docstring). A missing folder hashes its path."""
+    root = os.path.realpath(os.path.expanduser(str(root)))
+    digest = hashlib.sha256(root.encode())
+    seen = set()
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+        real = os.path.realpath(dirpath)
+        if real in seen:  # a symlink loop
+            dirnames[:] = []
+            continue
+        seen.add(real)
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        for name in sorted(f for f in filenames if not f.startswith(".")):
+            path = os.path.join(dirpath, name)
+            try:
+                st = os.stat(path)
+                stamp = f"{st.st_size}:{st.st_mtime_ns}"
+            except OSError:  # a broken symlink
+                stamp = "unreadable"
+            digest.update(f"\0{os.path.relpath(path, root)}\0{stamp}".encode())
+    return digest.hexdigest()[:12]
 
 
 def split_cases(case_dirs, config: BratsFuseConfig) -> dict:
@@ -157,13 +196,15 @@ class BratsFuse(tfds.core.GeneratorBasedBuilder):
 
 
 def make_builder(data_config) -> BratsFuse:
-    """The builder for a trainer config: protocol values from `data.*`, its own
-    config name so different protocols never share a built dataset."""
+    """The builder for a trainer config: protocol values from `data.*` and the source
+    folder `data.manual_dir` (`source_fingerprint`) in its config name, so different
+    protocols or sources never share a built dataset."""
     mods = tuple(data_config.modalities)
+    source = source_fingerprint(data_config.manual_dir) if data_config.manual_dir else "none"
     config = BratsFuseConfig(
         name=(
             f"{'_'.join(mods)}_s{data_config.slices_per_case}_a{data_config.min_tumour_area}"
-            f"_n{data_config.max_pairs}_seed{data_config.split_seed}"
+            f"_n{data_config.max_pairs}_seed{data_config.split_seed}_src{source}"
         ),
         version=BratsFuse.VERSION,
         modalities=mods,

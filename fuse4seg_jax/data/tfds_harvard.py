@@ -11,8 +11,17 @@ fusion literature, where these pairs are test sets.
 Each example: `modalities` (H, W, 2) float32 in [0, 1] (MRI, then the other
 modality's luma), `chroma` (H, W, 2) float32 Cb/Cr of the other modality,
 `is_colour` bool, `pair_id` text.
+
+Identity of a built dataset: `build` names the builder config `<set>_src<hash>`,
+the hash covering the resolved absolute path of `<root>/<set>` and the relative
+path, size and modification time of every file under it
+(`tfds_brats_fuse.source_fingerprint`; no content hashing, as for BraTS: stat is
+cheap and catches every ordinary change). Another folder, or an added, removed or
+edited PNG, builds a new dataset instead of reusing the one built from the old
+source.
 """
 
+import dataclasses
 import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
@@ -21,6 +30,11 @@ import numpy as np  # noqa: E402
 import tensorflow_datasets as tfds  # noqa: E402
 
 from fuse4seg_jax.data import harvard  # noqa: E402
+
+
+@dataclasses.dataclass
+class HarvardConfig(tfds.core.BuilderConfig):
+    set_name: str = "MRI_PET"
 
 
 class HarvardMif(tfds.core.GeneratorBasedBuilder):
@@ -33,7 +47,7 @@ class HarvardMif(tfds.core.GeneratorBasedBuilder):
         "as the manual dir."
     )
     BUILDER_CONFIGS = [
-        tfds.core.BuilderConfig(name=name.lower(), description=f"{name} pairs")
+        HarvardConfig(name=name.lower(), description=f"{name} pairs", set_name=name)
         for name in harvard.SETS
     ]
 
@@ -55,7 +69,7 @@ class HarvardMif(tfds.core.GeneratorBasedBuilder):
         )
 
     def _split_generators(self, dl_manager):
-        set_name = self.builder_config.name.upper()
+        set_name = self.builder_config.set_name
         pairs = harvard.find_pairs(dl_manager.manual_dir, set_name)
         return {"test": self._generate_examples(pairs)}
 
@@ -74,11 +88,17 @@ class HarvardMif(tfds.core.GeneratorBasedBuilder):
 
 
 def build(root, set_name: str, data_dir):
-    """Build (or reuse) harvard_mif/<set> from `root`; returns the builder."""
-    from fuse4seg_jax.data.tfds_brats_fuse import download_config
+    """Build (or reuse) harvard_mif/<set>_src<hash> from `root` (the hash identifies the
+    source, see the module docstring); returns the builder."""
+    from fuse4seg_jax.data.tfds_brats_fuse import download_config, source_fingerprint
 
     if set_name not in harvard.SETS:
         raise ValueError(f"unknown Harvard set {set_name!r}: expected one of {list(harvard.SETS)}")
-    builder = HarvardMif(data_dir=os.path.expanduser(str(data_dir)), config=set_name.lower())
+    source = source_fingerprint(os.path.join(os.path.expanduser(str(root)), set_name))
+    config = HarvardConfig(
+        name=f"{set_name.lower()}_src{source}", version=HarvardMif.VERSION, set_name=set_name
+    )
+    harvard.find_pairs(os.path.expanduser(str(root)), set_name)  # DataError, not TFDS's
+    builder = HarvardMif(data_dir=os.path.expanduser(str(data_dir)), config=config)
     builder.download_and_prepare(download_config=download_config(root))
     return builder
