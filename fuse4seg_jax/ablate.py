@@ -54,11 +54,12 @@ COLUMNS = [
 
 def baseline_overrides(spec: str) -> dict:
     """config.model overrides of a baseline spec such as "classical:pca" or "single:flair"."""
+    from fuse4seg_jax.config_validation import ConfigError
     from fuse4seg_jax.recipe import BASELINE_KINDS
 
     kind, _, option = spec.partition(":")
     if kind not in BASELINE_KINDS or (kind in ("classical", "single")) != bool(option):
-        raise ValueError(
+        raise ConfigError(
             f"ablation.baselines entry {spec!r}: expected one of two_stage, early_fusion, "
             "dual_encoder, classical:<method>, single:<modality>"
         )
@@ -116,20 +117,37 @@ def _summarise(name, method, inner, run_dir) -> dict:
     }
 
 
+def run_configs(config) -> list[tuple[str, str, str, object]]:
+    """(name, method, inner, the run's config) of every planned run, each validated, so a
+    bad run stops the ablation before the first run starts (ConfigError naming the key)."""
+    import jax
+
+    from fuse4seg_jax.config_validation import ConfigError, validate
+
+    runs = []
+    for name, method, inner, model in planned_runs(config):
+        run_config = copy.deepcopy(config)
+        if model:
+            run_config.model.update(model)
+        else:
+            run_config.bilevel.method, run_config.bilevel.inner = method, inner
+        try:
+            validate(run_config, config.mesh.num_devices or jax.device_count())
+        except ConfigError as e:
+            raise ConfigError(f"ablation run {name}: {e}") from None
+        runs.append((name, method, inner, run_config))
+    return runs
+
+
 def run_ablation(config, workdir: str) -> list[dict]:
     """Trains (or resumes, or reads back) every run; writes the table and the curves."""
     from fuse4seg_jax import atomic_files, trainer  # after the device set-up (see above)
     from fuse4seg_jax.metric_writer import log
 
     summaries = []
-    runs = planned_runs(config)
-    for i, (name, method, inner, model) in enumerate(runs, 1):
+    runs = run_configs(config)
+    for i, (name, method, inner, run_config) in enumerate(runs, 1):
         run_dir = os.path.join(workdir, name)
-        run_config = copy.deepcopy(config)
-        if model:
-            run_config.model.update(model)
-        else:
-            run_config.bilevel.method, run_config.bilevel.inner = method, inner
         if _finished(run_dir, config.train.num_steps):
             log(f"== [{i}/{len(runs)}] {name}: finished earlier, reading {run_dir}")
         else:

@@ -5,6 +5,7 @@ Commands define their absl flags inside `run` (not at import), so that several o
 can be imported into one process (tests, notebooks) without duplicate-flag errors.
 """
 
+import errno
 import os
 import sys
 
@@ -43,6 +44,23 @@ def one_line(text) -> str:
     return " ".join(text.split())
 
 
+# OSErrors that a user fixes (disk full, no permission, a file where a folder should be):
+# shown as one line naming the file, unlike OSErrors that mean a bug.
+USER_OS_ERRORS = frozenset(
+    {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOTDIR,
+     errno.EISDIR, errno.EEXIST, errno.ENAMETOOLONG}
+)  # fmt: skip
+
+
+def os_error_line(e: OSError) -> str | None:
+    """`<file>: <reason>` for an OSError in USER_OS_ERRORS, else None (a bug: keep the
+    traceback)."""
+    if e.errno not in USER_OS_ERRORS:
+        return None
+    where = e.filename if e.filename is not None else "a file"
+    return f"{where}: {e.strerror or e}"
+
+
 def fail(message, status: int = 1):
     """Print `error: message` (one line) to stderr and exit with status."""
     print(f"error: {one_line(message)}", file=sys.stderr, flush=True)
@@ -59,6 +77,11 @@ def run(main, define_flags, argv=None):
     argv = list(sys.argv if argv is None else argv)
     try:
         app.run(main, argv=argv)
+    except OSError as e:  # ml-collections loads --config lazily and reports it as an OSError
+        if "Failed loading config file" not in str(e):
+            raise
+        reason = [line.strip() for line in str(e).splitlines() if line.strip()][-1]
+        fail(f"--config: cannot load the config file: {reason}", EXIT_USAGE)
     except (KeyError, AttributeError) as e:
         overrides = [a.split("=")[0] for a in argv if a.startswith("--config.")]
         if not overrides:

@@ -1,5 +1,7 @@
 """Checks a config before anything expensive runs; each error names the key and the problem."""
 
+import jax
+
 from fuse4seg_jax import bilevel, classical, objectives, optimizers, recipe, steps
 from fuse4seg_jax.data import sources
 from fuse4seg_jax.data.brats import MODALITIES
@@ -10,6 +12,9 @@ class ConfigError(ValueError):
 
 
 def validate(config, num_devices: int):
+    """Raises ConfigError for the first value that cannot work; nothing has been written or
+    computed yet. num_devices: the devices on the mesh's data axis (batches split over them)."""
+
     def need(ok, key, problem):
         if not ok:
             raise ConfigError(f"{key}={config_value(config, key)!r}: {problem}")
@@ -65,6 +70,31 @@ def validate(config, num_devices: int):
         config.model.seg_mode in ("softmax", "regions"),
         "model.seg_mode",
         "expected 'softmax' or 'regions'",
+    )
+    visible = jax.device_count()
+    need(
+        0 <= config.mesh.num_devices <= visible,
+        "mesh.num_devices",
+        f"must be between 0 (all) and the {visible} visible devices",
+    )
+    for key in ("num_train_cases", "num_eval_cases", "slices_per_case"):
+        need(config.data[key] >= 1, f"data.{key}", "must be at least 1")
+    need(config.optim.learning_rate > 0, "optim.learning_rate", "must be positive")
+    need(config.optim.warmup_steps >= 0, "optim.warmup_steps", "must be non-negative")
+    need(config.optim.weight_decay >= 0, "optim.weight_decay", "must be non-negative")
+    need(config.optim.grad_clip >= 0, "optim.grad_clip", "must be non-negative (0 = off)")
+    for key in ("batch_size", "eval_batch_size"):
+        need(config.train[key] >= 1, f"train.{key}", "must be at least 1")
+    need(
+        config.train.eval_batch_size % num_devices == 0,
+        "train.eval_batch_size",
+        f"must be a multiple of the {num_devices} devices",
+    )
+    need(config.train.keep_checkpoints >= 1, "train.keep_checkpoints", "must be at least 1")
+    need(
+        config.train.check_replicas_every >= 0,
+        "train.check_replicas_every",
+        "must be >= 0 (0 = never)",
     )
     rows = 2 * num_devices if recipe.uses_batch_halves(config) else num_devices
     need(

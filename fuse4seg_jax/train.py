@@ -1,11 +1,14 @@
 """Command line entry point: `python -m fuse4seg_jax.train --config configs/x.py --workdir DIR`.
 
 Only flags and process set-up live here; the work is trainer.train_and_evaluate,
-which Colab notebooks and tests call directly. Overrides use ml-collections
-syntax, e.g. `--config.train.num_steps=200 --config.bilevel.method=first_order`;
-an unknown key stops with a message naming it.
+which Colab notebooks and tests call directly. The project's own errors (a bad config
+value or file, bad data, a non-finite loss, a full disk or a missing permission) end in
+one line `error: ...` naming the key or file; anything else (a bug) keeps its traceback.
+Overrides use ml-collections syntax, e.g. `--config.train.num_steps=200
+--config.bilevel.method=first_order`; an unknown key stops with a message naming it.
 """
 
+import os
 import sys
 
 from fuse4seg_jax import cli
@@ -49,11 +52,20 @@ def main(argv, work=None):
 
     from fuse4seg_jax import preemption, trainer  # after jax.distributed and the cache set-up
     from fuse4seg_jax.config_validation import ConfigError
+    from fuse4seg_jax.data.errors import DataError
 
+    workdir = FLAGS.workdir
+    if os.path.exists(workdir) and not os.path.isdir(workdir):
+        cli.fail(f"--workdir {workdir}: exists and is not a folder", cli.EXIT_USAGE)
     try:
-        (work or trainer.train_and_evaluate)(FLAGS.config, FLAGS.workdir)
-    except (ConfigError, trainer.NonFiniteLossError) as e:
+        (work or trainer.train_and_evaluate)(FLAGS.config, workdir)
+    except (ConfigError, DataError, trainer.NonFiniteLossError) as e:
         cli.fail(e, 1)
+    except OSError as e:  # disk full, no permission, ...: one line naming the file
+        line = cli.os_error_line(e)
+        if line is None:
+            raise
+        cli.fail(line, 1)
     except preemption.Preempted as e:
         print(e, file=sys.stderr, flush=True)
         raise SystemExit(preemption.EXIT_PREEMPTED) from None

@@ -1,15 +1,15 @@
 """Every shipped config passes validation and builds its recipe; each kind of run resolves
 to the pieces it needs (recipe.py), and the step closes over no config."""
 
-import copy
 import importlib
 import pathlib
+import re
 
 import jax
 import pytest
 
 from configs import tiny
-from fuse4seg_jax import ablate, recipe
+from fuse4seg_jax import ablate, recipe, trainer
 from fuse4seg_jax.config_validation import ConfigError, validate
 
 CONFIGS = sorted(
@@ -32,15 +32,7 @@ def _runs(config):
     """The config itself, or for ablation/comparison configs every run they will make."""
     if "ablation" not in config:
         return [config]
-    runs = []
-    for _, method, inner, model in ablate.planned_runs(config):
-        run = copy.deepcopy(config)
-        if model:
-            run.model.update(model)
-        else:
-            run.bilevel.method, run.bilevel.inner = method, inner
-        runs.append(run)
-    return runs
+    return [run for *_, run in ablate.run_configs(config)]
 
 
 def test_configs_are_found():
@@ -112,3 +104,40 @@ def test_the_bound_step_ignores_later_config_changes():
     after = jax.make_jaxpr(run.train_step)(state, batch)
     assert str(before) == str(after)
     assert str(after) != str(jax.make_jaxpr(recipe.build(config).train_step)(state, batch))
+
+
+NONSENSE = [  # (key, value, what the message must say): each refused before any work
+    ("optim.learning_rate", -1e-3, "must be positive"),
+    ("optim.learning_rate", 0.0, "must be positive"),
+    ("bilevel.inner_lr", -0.1, "must be positive"),
+    ("optim.name", "adagrad", "expected one of"),
+    ("bilevel.inner_optimizer", "rmsprop", "expected one of"),
+    ("train.keep_checkpoints", 0, "must be at least 1"),
+    ("train.batch_size", 0, "must be at least 1"),
+    ("train.eval_batch_size", 0, "must be at least 1"),
+    ("train.eval_batch_size", 12, "multiple of the 8 devices"),
+    ("data.num_train_cases", 0, "must be at least 1"),
+    ("data.slices_per_case", 0, "must be at least 1"),
+    ("mesh.num_devices", 9, r"between 0 \(all\) and the 8 visible devices"),
+]
+
+
+@pytest.mark.parametrize("key,value,problem", NONSENSE, ids=[f"{k}={v}" for k, v, _ in NONSENSE])
+def test_nonsensical_values_are_refused_naming_the_key(tmp_path, key, value, problem):
+    config = tiny.get_config()
+    section, name = key.split(".")
+    config[section][name] = value
+    with pytest.raises(ConfigError, match=rf"^{re.escape(f'{key}={value!r}')}: .*{problem}"):
+        trainer.train_and_evaluate(config, str(tmp_path / "run"))
+    assert not (tmp_path / "run").exists()  # refused before anything was written
+
+
+def test_ablation_validates_every_run_before_the_first(tmp_path):
+    config = importlib.import_module("configs.compare").get_config()
+    config.ablation.baselines = ("two_stage", "classical:median")
+    with pytest.raises(ConfigError, match=r"ablation run classical-median: model.classical"):
+        ablate.run_ablation(config, str(tmp_path))
+    config.ablation.baselines = ("single",)  # single needs a modality
+    with pytest.raises(ConfigError, match="ablation.baselines entry 'single'"):
+        ablate.run_ablation(config, str(tmp_path))
+    assert not list(tmp_path.iterdir())  # no run was started
