@@ -24,9 +24,12 @@ Per case, in `<out>/<case>/`:
 The volumes have the input's shape, affine and header (that of the first modality,
 with the data type, scaling and display range set for the new data), so viewers such
 as 3D Slicer and ITK-SNAP overlay them on the scans. Existing outputs are refused unless
---overwrite (--skip_existing skips cases whose outputs all exist, to resume a stopped
-run). Files are written to temporary files beside their targets and renamed when all of
-a case's outputs are complete. Missing files of any case are found before any work.
+--overwrite (--skip_existing skips cases whose outputs all exist and redoes the others,
+to resume a stopped run, removing the temporary files it left). Files are written to
+temporary files beside their targets and renamed when all of a case's outputs are
+complete. Before the first case is written every input file is checked: present, a
+readable 3D NIfTI header, as many bytes as the header promises (a truncated download is
+caught), shape and affine equal across the case's modalities.
 Errors are one line, `error: ...`: status 2 for a bad command line, 1 for bad inputs, a
 missing checkpoint or existing outputs.
 """

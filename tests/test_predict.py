@@ -253,18 +253,52 @@ def test_checkpoint_and_config_errors_are_one_line(run, tmp_path):
         case_prediction.predict(config, workdir, tmp_path / "missing", tmp_path / "out")
 
 
-def test_unreadable_case_stops_the_run_and_leaves_no_part_of_it(run, cases, tmp_path):
-    config, workdir = run
-    root = tmp_path / "in"
+def _copy_cases(cases, root):
     for name in CASES:
         (root / name).mkdir(parents=True)
         for f in (cases / name).iterdir():
             (root / name / f.name).write_bytes(f.read_bytes())
+
+
+def test_truncated_input_is_refused_before_any_case_is_written(run, cases, tmp_path):
+    config, workdir = run
+    root = tmp_path / "in"
+    _copy_cases(cases, root)
     flair = root / "BraTS2021_00001" / "BraTS2021_00001_flair.nii.gz"
-    flair.write_bytes(flair.read_bytes()[:200])  # truncated: found by reading, not before
+    flair.write_bytes(flair.read_bytes()[:-300])  # a download cut short: header still reads
     out = tmp_path / "out"
-    with pytest.raises(DataError, match=r"cannot be read.*\(1 of 2 cases written\)") as e:
+    with pytest.raises(DataError, match="truncated or corrupt") as e:
+        case_prediction.predict(config, workdir, root, out, log=lambda _: None)
+    assert str(e.value).startswith(str(flair)) and "\n" not in str(e.value)
+    assert not out.exists()  # not even the other, readable case
+
+
+def test_corrupt_voxels_stop_the_run_and_leave_no_part_of_that_case(run, cases, tmp_path):
+    config, workdir = run
+    root = tmp_path / "in"
+    _copy_cases(cases, root)
+    flair = root / "BraTS2021_00001" / "BraTS2021_00001_flair.nii.gz"
+    data = bytearray(flair.read_bytes())
+    middle = len(data) // 2
+    data[middle : middle + 64] = bytes(64)  # same length: only reading the voxels finds it
+    flair.write_bytes(bytes(data))
+    out = tmp_path / "out"
+    with pytest.raises(DataError, match=r"\(1 of 2 cases written\)") as e:
         case_prediction.predict(config, workdir, root, out, log=lambda _: None)
     assert str(e.value).startswith(str(flair)) and "\n" not in str(e.value)
     assert sorted(p.name for p in out.iterdir()) == ["BraTS-GLI-00002-000"]  # the first case
     assert not [p for p in out.rglob(".tmp-*")]
+
+
+def test_skip_existing_redoes_partial_cases_and_clears_stray_temporary_files(run, cases, tmp_path):
+    config, workdir = run
+    out = tmp_path / "out"
+    quiet = {"log": lambda _: None}
+    assert case_prediction.predict(config, workdir, cases, out, **quiet) == 2
+    complete = _snapshot(out)
+    case = "BraTS2021_00001"
+    (out / case / f"{case}_preview.png").unlink()  # as if stopped between two renames
+    (out / case / ".tmp-abc123.gz").write_bytes(b"left by a killed run")
+    assert case_prediction.predict(config, workdir, cases, out, skip_existing=True, **quiet) == 1
+    assert _snapshot(out) == complete  # the case redone, byte for byte; the stray file gone
+    assert case_prediction.predict(config, workdir, cases, out, skip_existing=True, **quiet) == 0
