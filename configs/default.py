@@ -117,6 +117,9 @@ def get_config():
     config.train.eval_every = 1000
     config.train.checkpoint_every = 1000
     config.train.keep_checkpoints = 2
+    # A workdir belongs to one config: a rerun whose config differs in anything but the
+    # keys of fuse4seg_jax/workdir.py RESUMABLE_KEYS is refused unless this is True.
+    config.train.allow_config_change = False
     config.train.eval_batch_size = 32
     # Every N steps (0 = never) compare the parameter copies on all devices and processes
     # (multi-host sanity check; stops with an error if they differ).

@@ -154,7 +154,8 @@ def load_trained(config, workdir: str, step=None, **predictor_options):
     fresh state of its recipe (recipe.build(config).init_state). Raises FileNotFoundError
     (one line naming the folder) when there is no such checkpoint, ValueError when the
     config does not match the run (its config.json, or a state that does not restore into
-    the config's networks).
+    the config's networks) and ValueError "checkpoint N is unreadable: <reason>" when its
+    files are missing or damaged (checkpointing.unreadable_reason).
     predictor_options: batch_size, multiple, keys of Predictor.
     """
     workdir = os.path.abspath(workdir)
@@ -178,6 +179,9 @@ def load_trained(config, workdir: str, step=None, **predictor_options):
     try:
         state, _ = ckpt.restore(template, step)
     except Exception as e:  # Orbax reports a structure / shape mismatch in many lines
+        reason = checkpointing.unreadable_reason(workdir, step, e)
+        if reason is not None:
+            raise ValueError(f"{directory}: checkpoint {step} is unreadable: {reason}") from e
         detail = " ".join(str(e).split())[:200]
         raise ValueError(
             f"{directory}/{step}: does not restore into the networks of --config "

@@ -33,8 +33,12 @@ class MetricWriter:
 
         self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"), purge_step=resume_step + 1)
 
-    def write(self, step: int, scalars: dict):
+    def write(self, step: int, scalars: dict, *, once: bool = False):
+        """Appends a row; once: not when the file has a row of this step with these names
+        already (the final evaluation of a rerun that resumed at the last step)."""
         if not self.enabled or not scalars:
+            return
+        if once and _has_row(self.path, int(step), scalars):
             return
         row = {"step": int(step), **{k: float(v) for k, v in scalars.items()}}
         with open(self.path, "a") as f:
@@ -50,18 +54,41 @@ class MetricWriter:
 
 
 def _trim_jsonl(path: str, max_step: int):
-    """Drop rows with step > max_step (atomically); keep everything when the file is fine."""
+    """Drop rows with step > max_step (atomically); keep everything when the file is fine.
+    An incomplete last line (the process died while writing it) is dropped with a note."""
     if not os.path.exists(path):
         return
     with open(path) as f:
         lines = f.readlines()
-    keep = [ln for ln in lines if ln.strip() and json.loads(ln).get("step", 0) <= max_step]
-    if len(keep) == len(lines):
+    keep = []
+    for i, ln in enumerate(lines):
+        if not ln.strip():
+            continue
+        try:
+            row = json.loads(ln)
+        except json.JSONDecodeError:
+            if i != len(lines) - 1:
+                raise ValueError(
+                    f"{path}: line {i + 1} is not JSON (only the last may be torn)"
+                ) from None
+            log(f"{path}: dropped an incomplete last line ({len(ln)} characters)")
+            continue
+        if row.get("step", 0) <= max_step:
+            keep.append(ln if ln.endswith("\n") else ln + "\n")
+    if keep == lines:
         return
     fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".metrics.")
     with os.fdopen(fd, "w") as f:
         f.writelines(keep)
     os.replace(tmp, path)
+
+
+def _has_row(path: str, step: int, keys) -> bool:
+    """Whether metrics.jsonl has a row of `step` with exactly these metric names."""
+    if not os.path.exists(path):
+        return False
+    wanted = {"step", *keys}
+    return any(r.get("step") == step and set(r) == wanted for r in read_jsonl(path))
 
 
 def read_jsonl(path: str) -> list[dict]:

@@ -8,8 +8,14 @@ with the same workdir resumes from the latest checkpoint (state and input positi
 the end, final_report.py writes `results.json` and `figure.png`. The checkpoint manager
 and the metric writer are closed however the loop ends (a pending asynchronous save is
 finished, TensorBoard flushed).
+
+A workdir belongs to one config and one trainer (workdir.py): a rerun with a config that
+differs in more than `workdir.RESUMABLE_KEYS` is refused before anything is written, a
+finished run returns its stored results, and a second trainer on a workdir in use stops
+with workdir.WorkdirBusyError. Resume falls back past unreadable checkpoints.
 """
 
+import contextlib
 import json
 import time
 
@@ -23,6 +29,8 @@ from fuse4seg_jax.data import pipeline, sources
 from fuse4seg_jax.metric_writer import MetricWriter, log
 from fuse4seg_jax.metrics import segmentation as seg_metrics
 from fuse4seg_jax.regions import REGION_NAMES
+from fuse4seg_jax.workdir import check_config, finished_results
+from fuse4seg_jax.workdir import lock as lock_workdir
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -75,9 +83,26 @@ def train_and_evaluate(config, workdir: str, *, stop_at: int | None = None) -> d
     stop_at: stop after this step with a checkpoint, as an interrupted run
     would (no final evaluation; returns None). Rerunning resumes.
     """
+    validate(config, config.mesh.num_devices or jax.device_count())  # before any work
+    check_config(config, workdir)  # read only: refused before anything is written
+    done = finished_results(config, workdir)
+    if done is not None:
+        log(
+            f"{workdir} is a finished run ({config.train.num_steps} steps, results.json): "
+            "nothing to do; raise train.num_steps to train further"
+        )
+        return done
+    with contextlib.ExitStack() as stack:
+        if jax.process_index() == 0:  # one trainer per workdir (processes of a run share it)
+            stack.enter_context(lock_workdir(workdir))
+            check_config(config, workdir)  # again under the lock: another run may have ended
+        return _train(config, workdir, stop_at)
+
+
+def _train(config, workdir, stop_at):
+    """train_and_evaluate once the workdir is checked and locked."""
     mesh = sharding.make_mesh(config.mesh.num_devices)
     num_devices = mesh.devices.size
-    validate(config, num_devices)
     log(
         f"processes: {jax.process_count()}, devices: {num_devices} x "
         f"{mesh.devices.flat[0].platform} ({jax.local_device_count()} per process) on mesh "
@@ -119,7 +144,8 @@ def train_and_evaluate(config, workdir: str, *, stop_at: int | None = None) -> d
         if loop_stats is None:  # stopped at `stop_at`
             return None
         result = evaluate(p_eval, state, eval_examples, mesh, config.train.eval_batch_size)
-        writer.write(config.train.num_steps, {f"eval/{k}": v for k, v in result["scores"].items()})
+        final_scores = {f"eval/{k}": v for k, v in result["scores"].items()}
+        writer.write(config.train.num_steps, final_scores, once=True)  # once: a rerun at the end
     finally:  # however the run ends: finish a pending checkpoint save, flush TensorBoard
         ckpt.close()
         if writer is not None:
@@ -225,14 +251,17 @@ def _loop(config, run, mesh, state, start, data, p_eval, ckpt, writer, stop_at):
 
 
 def _resume(ckpt, state):
-    """(state, first step) from the latest checkpoint, or (state, 0) without one."""
+    """(state, first step) from the newest checkpoint that restores, or (state, 0) without
+    one. Unreadable newer checkpoints are skipped (and moved aside) with a line each."""
     if ckpt.latest_step() is None:
         return state, 0
-    state, meta = ckpt.restore(state)
+    state, meta, step, skipped = ckpt.restore_newest(state)
+    for bad, reason in skipped:
+        log(f"skipped checkpoint {bad} (unreadable: {reason}); resuming from checkpoint {step}")
     start = int(state.step)
     if meta.get("data_position") != start:
         raise RuntimeError(
-            f"checkpoint {ckpt.latest_step()} in {ckpt.directory} is inconsistent: state step "
+            f"checkpoint {step} in {ckpt.directory} is inconsistent: state step "
             f"{start}, input position {meta.get('data_position')}"
         )
     log(f"resumed from checkpoint at step {start} in {ckpt.directory}")

@@ -1,0 +1,129 @@
+"""A workdir belongs to one run: one config, one trainer at a time.
+
+- `check_config(config, workdir)`: compares a config with the workdir's `config.json`
+  (read only); a difference in anything but `RESUMABLE_KEYS` raises ConfigError (one line
+  naming the keys and both values) unless `train.allow_config_change` is set.
+- `finished_results(config, workdir)`: the stored results of a run that is already
+  finished (latest checkpoint at `train.num_steps` and `results.json` present), else None.
+- `lock(workdir)`: an exclusive `fcntl.flock` on `<workdir>/.lock` (the holder's pid is
+  written into it) for the run; released on any exit, and by the OS when the process dies,
+  so a stale lock never blocks. A second trainer gets WorkdirBusyError (a ConfigError).
+"""
+
+import contextlib
+import fcntl
+import json
+import os
+
+from fuse4seg_jax import checkpointing
+from fuse4seg_jax.config_validation import ConfigError
+
+# Config keys that may differ from the workdir's config.json on resume: they change the
+# cadence, where data is read from or how many devices run, not what is trained.
+# train.num_steps may only grow (checked apart).
+RESUMABLE_KEYS = (
+    "train.num_steps",
+    "train.log_every",
+    "train.eval_every",
+    "train.checkpoint_every",
+    "train.keep_checkpoints",
+    "train.check_replicas_every",
+    "train.allow_config_change",
+    "bilevel.diagnose_every",
+    "data.tfds_dir",
+    "mesh.num_devices",
+)
+LOCK_NAME = ".lock"
+
+
+class WorkdirBusyError(ConfigError):
+    """Another process holds the workdir's lock."""
+
+
+def _flatten(tree, prefix=""):
+    out = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.update(_flatten(value, name + "."))
+        else:
+            out[name] = value
+    return out
+
+
+def config_differences(config, workdir: str) -> list[str]:
+    """'key: a in the workdir, b here' for each key outside RESUMABLE_KEYS where `config`
+    differs from `<workdir>/config.json` (and for train.num_steps going down). Keys that
+    only one side has (a workdir written by an older or newer version, whose config had
+    fewer or other keys) are not compared."""
+    path = os.path.join(workdir, "config.json")
+    if not os.path.isfile(path):
+        return []
+    with open(path) as f:
+        stored = _flatten(json.load(f))
+    given = _flatten(json.loads(config.to_json_best_effort()))
+    diffs = []
+    for key in sorted(set(stored) & set(given)):
+        old, new = stored[key], given[key]
+        if old == new:
+            continue
+        if key == "train.num_steps":
+            if isinstance(old, int) and isinstance(new, int) and new > old:
+                continue
+        elif key in RESUMABLE_KEYS:
+            continue
+        diffs.append(f"{key} {old!r} in the workdir, {new!r} here")
+    return diffs
+
+
+def check_config(config, workdir: str):
+    """Raises ConfigError (one line) when `config` is not the workdir's run config."""
+    if config.train.allow_config_change:
+        return
+    diffs = config_differences(config, workdir)
+    if diffs:
+        hint = "" if len(diffs) <= 6 else f" (and {len(diffs) - 6} more)"
+        raise ConfigError(
+            f"{os.path.abspath(workdir)} belongs to another config: {'; '.join(diffs[:6])}{hint}"
+            "; use a new workdir or --config.train.allow_config_change=True"
+        )
+
+
+def finished_results(config, workdir: str):
+    """What train_and_evaluate returned for a finished run (latest checkpoint step ==
+    train.num_steps and results.json written): Dice per region, or for fusion-only runs the
+    held-out scores, read from results.json. None when the run is not finished."""
+    path = os.path.join(workdir, "results.json")
+    if not os.path.isfile(path):
+        return None
+    steps = checkpointing.available_steps(workdir)
+    if not steps or steps[-1] != config.train.num_steps:
+        return None
+    with open(path) as f:
+        results = json.load(f)
+    return results.get("dice_mean", results.get("eval", results))
+
+
+@contextlib.contextmanager
+def lock(workdir: str):
+    """Holds an exclusive lock on `workdir` (created if missing) for the block."""
+    os.makedirs(workdir, exist_ok=True)
+    path = os.path.join(workdir, LOCK_NAME)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "unknown"
+            raise WorkdirBusyError(
+                f"{os.path.abspath(workdir)} is in use by another trainer (process id "
+                f"{holder}); wait for it to end or use a new workdir"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        try:
+            yield
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)
