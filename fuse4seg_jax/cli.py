@@ -61,6 +61,15 @@ def os_error_line(e: OSError) -> str | None:
     return f"{where}: {e.strerror or e}"
 
 
+def fail_os_error(e: OSError):
+    """One `error:` line (status 1) for an OSError a user fixes (os_error_line); re-raises
+    any other, so a bug keeps its traceback. Call it from an `except OSError` clause."""
+    line = os_error_line(e)
+    if line is None:
+        raise e
+    fail(line, 1)
+
+
 def fail(message, status: int = 1):
     """Print `error: message` (one line) to stderr and exit with status."""
     print(f"error: {one_line(message)}", file=sys.stderr, flush=True)

@@ -71,6 +71,8 @@ def main(argv):
         )  # fmt: skip
     except (FileExistsError, FileNotFoundError, ValueError) as e:
         cli.fail(e, 1)
+    except OSError as e:  # disk full, no permission, ...: one line naming the file
+        cli.fail_os_error(e)
 
 
 def run(argv=None):

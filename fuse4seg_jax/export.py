@@ -63,6 +63,8 @@ def main(argv):
         n = benchmark_export.export(FLAGS.config, FLAGS.out, fuser, overwrite=FLAGS.overwrite)
     except (FileExistsError, FileNotFoundError, ValueError) as e:
         cli.fail(e, 1)
+    except OSError as e:  # disk full, no permission, ...: one line naming the file
+        cli.fail_os_error(e)
     print(f"wrote {n} records to {os.path.abspath(FLAGS.out)} (index.csv)")
 
 

@@ -76,6 +76,8 @@ def main(argv):
         cli.fail(str(e), cli.EXIT_USAGE)
     except (DataError, FileExistsError, FileNotFoundError, ValueError) as e:
         cli.fail(e, 1)
+    except OSError as e:  # disk full, no permission, ...: one line naming the file
+        cli.fail_os_error(e)
 
 
 def run(argv=None):

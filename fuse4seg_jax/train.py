@@ -62,10 +62,7 @@ def main(argv, work=None):
     except (ConfigError, DataError, trainer.NonFiniteLossError) as e:
         cli.fail(e, 1)
     except OSError as e:  # disk full, no permission, ...: one line naming the file
-        line = cli.os_error_line(e)
-        if line is None:
-            raise
-        cli.fail(line, 1)
+        cli.fail_os_error(e)
     except preemption.Preempted as e:
         print(e, file=sys.stderr, flush=True)
         raise SystemExit(preemption.EXIT_PREEMPTED) from None

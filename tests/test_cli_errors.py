@@ -2,6 +2,7 @@
 or key (a missing config file, a workdir that is a file, bad data, a full disk); a genuine
 bug keeps its traceback."""
 
+import errno
 import os
 import subprocess
 import sys
@@ -75,3 +76,22 @@ def test_full_disk_names_the_file_and_a_bug_keeps_its_traceback(tmp_path):
     status, err = _run(["-c", PLANTED, "bug", str(tmp_path)])
     assert status == 1 and any("Traceback" in line for line in err)
     assert err[-1] == "RuntimeError: a genuine bug"
+
+
+def test_every_command_maps_a_users_os_error_to_one_line_and_keeps_other_ones(capsys):
+    """evaluate, predict and export call cli.fail_os_error from `except OSError` (train's
+    path through it is checked end to end above)."""
+    from fuse4seg_jax import cli
+
+    for command in ("evaluate", "predict", "export", "train"):
+        source = open(os.path.join(ROOT, "fuse4seg_jax", f"{command}.py")).read()
+        assert "except OSError as e:" in source and "cli.fail_os_error(e)" in source, command
+    full = OSError(errno.ENOSPC, "No space left on device", "/out/metrics.csv")
+    with pytest.raises(SystemExit) as e:
+        cli.fail_os_error(full)
+    assert e.value.code == 1
+    assert capsys.readouterr().err == "error: /out/metrics.csv: No space left on device\n"
+    bug = OSError(errno.EBADF, "Bad file descriptor")
+    with pytest.raises(OSError) as e:
+        cli.fail_os_error(bug)
+    assert e.value is bug
