@@ -76,6 +76,17 @@ def fail(message, status: int = 1):
     sys.exit(status)
 
 
+def _drop_closed_loop_noise(unraisable):
+    """sys.unraisablehook of the commands: after a failed checkpoint restore (reported in
+    one line), TensorStore reads that finish once Orbax has closed its asyncio loop are
+    reported as unraisable "Event loop is closed" errors while the process exits; they say
+    nothing more, so they are dropped. Everything else goes to Python's default hook."""
+    error = unraisable.exc_value
+    if isinstance(error, RuntimeError) and str(error) == "Event loop is closed":
+        return
+    sys.__unraisablehook__(unraisable)
+
+
 def run(main, define_flags, argv=None):
     """Define the command's flags, parse argv and call main(argv); an unknown
     `--config.<key>` override stops with one line naming it (ml-collections raises a
@@ -83,6 +94,7 @@ def run(main, define_flags, argv=None):
     from absl import app
 
     define_flags()
+    sys.unraisablehook = _drop_closed_loop_noise
     argv = list(sys.argv if argv is None else argv)
     try:
         app.run(main, argv=argv)

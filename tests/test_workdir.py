@@ -17,6 +17,8 @@ from fuse4seg_jax.config_validation import ConfigError
 from fuse4seg_jax.metric_writer import MetricWriter, read_jsonl
 from fuse4seg_jax.workdir import RESUMABLE_KEYS, WorkdirBusyError, check_config, lock
 
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
 
 def _tiny(**overrides):
     config = tiny.get_config()
@@ -162,6 +164,15 @@ def test_d_resume_falls_back_past_an_unreadable_latest_checkpoint(tmp_path, caps
     with pytest.raises(ValueError, match=r"checkpoint 4 is unreadable: ") as info:
         inference.load_trained(config, workdir)
     assert "\n" not in str(info.value) and "--config" not in str(info.value)
+    proc = subprocess.run(  # the command says the same in one line, and nothing else
+        [sys.executable, "-m", "fuse4seg_jax.evaluate", "--config", "configs/tiny.py",
+         "--workdir", workdir, "--out", str(tmp_path / "eval")],
+        cwd=ROOT, capture_output=True, text=True, timeout=timeouts.limit(300),
+    )  # fmt: skip
+    assert proc.returncode == 1
+    assert proc.stderr.strip().splitlines()[-1].startswith("error: ")
+    assert "checkpoint 4 is unreadable" in proc.stderr
+    assert "Traceback" not in proc.stderr and "Event loop is closed" not in proc.stderr
     capsys.readouterr()
     trainer.train_and_evaluate(config, workdir)
     out = capsys.readouterr().out
