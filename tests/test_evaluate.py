@@ -21,6 +21,16 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 HARVARD = os.path.join(os.path.dirname(ROOT), "shared", "data", "harvard")
 
 
+def _evaluate_cli(*args):
+    """`python -m fuse4seg_jax.evaluate --config configs/tiny.py ARGS` from the root."""
+    return subprocess.run(
+        [sys.executable, "-m", "fuse4seg_jax.evaluate", "--config", "configs/tiny.py",
+         *map(str, args)],
+        cwd=ROOT, env=dict(os.environ, PYTHONPATH=ROOT), capture_output=True, text=True,
+        timeout=timeouts.limit(300),
+    )  # fmt: skip
+
+
 def _config(tmp_path):
     config = tiny.get_config()
     config.data.image_size = 48  # VIF needs 41 px
@@ -82,26 +92,10 @@ def test_existing_output_is_refused_without_overwrite(trained, tmp_path):
     with pytest.raises(FileExistsError, match="--overwrite"):
         evaluation.evaluate(config, str(out), workdir=str(workdir))
     assert (out / "keep.txt").read_text() == "mine"
-    cli = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "fuse4seg_jax.evaluate",
-            "--config",
-            "configs/tiny.py",
-            "--workdir",
-            str(workdir),
-            "--out",
-            str(out),
-            f"--config.data.tfds_dir={config.data.tfds_dir}",
-            "--config.data.image_size=48",
-        ],  # fmt: skip
-        cwd=ROOT,
-        env=dict(os.environ, PYTHONPATH=ROOT),
-        capture_output=True,
-        text=True,
-        timeout=timeouts.limit(300),
-    )
+    cli = _evaluate_cli(
+        "--workdir", workdir, "--out", out, f"--config.data.tfds_dir={config.data.tfds_dir}",
+        "--config.data.image_size=48",
+    )  # fmt: skip
     assert cli.returncode == 1
     assert cli.stderr.strip().splitlines()[-1].startswith(f"error: {out} exists")
     evaluation.evaluate(config, str(out), workdir=str(workdir), overwrite=True)
@@ -146,27 +140,10 @@ def test_a_split_the_dataset_lacks_is_refused(tmp_path):
     with pytest.raises(ValueError, match="phantom has no such split; its splits are train, val"):
         evaluation.evaluate(config, str(tmp_path / "direct"), classical="mean", split="test")
     out = tmp_path / "eval-test"
-    cli = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "fuse4seg_jax.evaluate",
-            "--config",
-            "configs/tiny.py",
-            "--classical",
-            "mean",
-            "--split",
-            "test",
-            "--out",
-            str(out),
-            f"--config.data.tfds_dir={config.data.tfds_dir}",
-        ],  # fmt: skip
-        cwd=ROOT,
-        env=dict(os.environ, PYTHONPATH=ROOT),
-        capture_output=True,
-        text=True,
-        timeout=timeouts.limit(300),
-    )
+    cli = _evaluate_cli(
+        "--classical", "mean", "--split", "test", "--out", out,
+        f"--config.data.tfds_dir={config.data.tfds_dir}",
+    )  # fmt: skip
     assert cli.returncode == 1, cli.stderr[-2000:]
     last = cli.stderr.strip().splitlines()[-1]
     assert last.startswith("error: split 'test'") and "train, validation" in last

@@ -10,22 +10,12 @@ import sys
 
 import pytest
 import timeouts
+from test_train import ROOT, _tiny
 
-from configs import tiny
 from fuse4seg_jax import checkpointing, inference, trainer
 from fuse4seg_jax.config_validation import ConfigError
 from fuse4seg_jax.metric_writer import MetricWriter, read_jsonl
 from fuse4seg_jax.workdir import RESUMABLE_KEYS, WorkdirBusyError, check_config, lock
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def _tiny(**overrides):
-    config = tiny.get_config()
-    for dotted, value in overrides.items():
-        section, key = dotted.split("__")
-        config[section][key] = value
-    return config
 
 
 def _write_config(workdir, config):

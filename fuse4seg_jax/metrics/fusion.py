@@ -1,6 +1,6 @@
 """Fusion-quality metrics (EN, SD, SF, AG, MI, SCD, VIF, Qabf, SSIM, CC, MSE, PSNR) on host numpy.
 
-Definitions follow ../shared/docs/METRICS.md exactly, in two conventions:
+Each metric's definition is in its function's docstring, in two conventions:
 
 - `"mmif"` reproduces the de-facto medical-fusion evaluation code behind the
   published tables, quirks included: MI in nats, SSIM with data_range = 2.0
