@@ -149,6 +149,11 @@ def _check_labels(pred_labels, true_labels):
     return pred_labels, true_labels
 
 
+def check_labels(pred_labels, true_labels) -> tuple[np.ndarray, np.ndarray]:
+    """Both label maps as arrays; ValueError if their shapes differ or a label is not 0..3."""
+    return _check_labels(pred_labels, true_labels)
+
+
 def _scores(pred_labels, true_labels, spacing, observed=None) -> dict:
     """Per-region scores of checked label maps; `observed` selects (along axis 0) the
     voxels that count for Dice/sensitivity/specificity (HD95 always uses the whole map)."""
