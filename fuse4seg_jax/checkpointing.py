@@ -20,10 +20,12 @@ import shutil
 import jax
 import orbax.checkpoint as ocp
 
+BEST_DIR = "checkpoint_best"  # the best checkpoint by held-out mean Dice (one step kept)
 
-def directory(workdir: str) -> str:
-    """The folder of a workdir's checkpoints (absolute)."""
-    return os.path.abspath(os.path.join(workdir, "checkpoints"))
+
+def directory(workdir: str, *, best: bool = False) -> str:
+    """The folder of a workdir's checkpoints (absolute); best: that of the best checkpoint."""
+    return os.path.abspath(os.path.join(workdir, BEST_DIR if best else "checkpoints"))
 
 
 UNREADABLE_DIR = "checkpoints_unreadable"
@@ -32,10 +34,10 @@ UNREADABLE_DIR = "checkpoints_unreadable"
 _READ_ERROR_WORDS = ("error while reading", "error reading", "data_loss", "out_of_range", "corrupt")
 
 
-def unreadable_reason(workdir: str, step: int, error: BaseException):
+def unreadable_reason(workdir: str, step: int, error: BaseException, *, best: bool = False):
     """A short reason when `error` (raised restoring checkpoint `step`) says the files are
     missing or damaged; None when it looks like a structure mismatch (other networks)."""
-    state_dir = os.path.join(directory(workdir), str(step), "state")
+    state_dir = os.path.join(directory(workdir, best=best), str(step), "state")
     metadata = os.path.join(state_dir, "_METADATA")
     if not os.path.isfile(metadata):
         return "state/_METADATA is missing"
@@ -53,14 +55,15 @@ def unreadable_reason(workdir: str, step: int, error: BaseException):
     return None
 
 
-def available_steps(workdir: str) -> list[int]:
-    """Sorted steps of the complete checkpoints of `workdir` ([] when it has none). Orbax
-    writes to a temporary name and renames when complete, so a save that was interrupted is
-    not listed."""
-    if not os.path.isdir(directory(workdir)):
+def available_steps(workdir: str, *, best: bool = False) -> list[int]:
+    """Sorted steps of the complete checkpoints of `workdir` ([] when it has none; best: of
+    the best-checkpoint folder, at most one). Orbax writes to a temporary name and renames
+    when complete, so a save that was interrupted is not listed."""
+    folder = directory(workdir, best=best)
+    if not os.path.isdir(folder):
         return []
     manager = ocp.CheckpointManager(
-        directory(workdir), options=ocp.CheckpointManagerOptions(create=False, read_only=True)
+        folder, options=ocp.CheckpointManagerOptions(create=False, read_only=True)
     )
     try:
         return sorted(int(s) for s in manager.all_steps())
@@ -70,10 +73,13 @@ def available_steps(workdir: str) -> list[int]:
 
 class Checkpointer:
     """Saves every `every` steps into `<workdir>/checkpoints`, keeping the last `keep`.
-    read_only: for restoring only (nothing is created, saved or deleted)."""
+    read_only: for restoring only (nothing is created, saved or deleted). best: the
+    best-checkpoint folder `<workdir>/checkpoint_best` instead (the trainer saves there with
+    force=True when the held-out mean Dice improves, keep=1)."""
 
-    def __init__(self, workdir: str, *, every: int, keep: int = 2, read_only: bool = False):
-        self.directory = directory(workdir)
+    def __init__(self, workdir: str, *, every: int, keep: int = 2, read_only: bool = False,
+                 best: bool = False):  # fmt: skip
+        self.directory = directory(workdir, best=best)
         self.every = every
         self._manager = ocp.CheckpointManager(
             self.directory,
@@ -113,6 +119,12 @@ class Checkpointer:
             ),
         )
         return restored.state, restored.meta
+
+    def restore_meta(self, step) -> dict:
+        """The JSON record of checkpoint `step` alone (no arrays are read)."""
+        return self._manager.restore(
+            step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())
+        ).meta
 
     def restore_newest(self, state_like):
         """(state, meta, step, skipped) from the newest checkpoint that restores, trying
@@ -160,3 +172,29 @@ class Checkpointer:
     def close(self):
         self._manager.wait_until_finished()
         self._manager.close()
+
+
+class BestCheckpoint:
+    """The best checkpoint of a run by a held-out score (higher is better), one step kept in
+    `<workdir>/checkpoint_best` beside the last ones. The score is stored in the
+    checkpoint's JSON record ("best_score"), so a resumed run goes on comparing with it."""
+
+    def __init__(self, workdir: str):
+        self._ckpt = Checkpointer(workdir, every=0, keep=1, best=True)
+        step = self._ckpt.latest_step()
+        self.step = step
+        self.score = None if step is None else self._ckpt.restore_meta(step).get("best_score")
+
+    def offer(self, step: int, state, meta: dict, score: float) -> bool:
+        """Saves `state` as the best checkpoint if `score` beats the best so far (a NaN
+        score never does); returns whether it saved."""
+        if not score == score or (self.score is not None and score <= self.score):
+            return False
+        if self.step == step:  # already saved at this step (a resumed run re-evaluating it)
+            return False
+        self._ckpt.save(step, state, meta | {"best_score": float(score)}, force=True)
+        self.step, self.score = step, float(score)
+        return True
+
+    def close(self):
+        self._ckpt.close()

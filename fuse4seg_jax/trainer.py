@@ -3,7 +3,10 @@
 Builds the mesh, the data, the run's recipe (recipe.py: networks, bound steps, fresh
 state) and the compiled steps, then runs the loop: log every `train.log_every` steps
 (progress line, TensorBoard, metrics.jsonl), evaluate on held-out cases every
-`train.eval_every`, save an Orbax checkpoint every `train.checkpoint_every`. Rerunning
+`train.eval_every`, save an Orbax checkpoint every `train.checkpoint_every` and, for runs
+that segment, the best checkpoint so far by held-out mean Dice over WT, TC and ET (at each
+evaluation, in `<workdir>/checkpoint_best`, one step kept; `--step best` of evaluate,
+predict and export picks it). Rerunning
 with the same workdir resumes from the latest checkpoint (state and input position). At
 the end, final_report.py writes `results.json` and `figure.png`. The checkpoint manager
 and the metric writer are closed however the loop ends (a pending asynchronous save is
@@ -16,6 +19,7 @@ with workdir.WorkdirBusyError. Resume falls back past unreadable checkpoints.
 """
 
 import contextlib
+import functools
 import json
 import time
 
@@ -23,7 +27,7 @@ import jax
 import numpy as np
 
 from fuse4seg_jax import atomic_files, final_report, preemption, recipe, sharding
-from fuse4seg_jax.checkpointing import Checkpointer
+from fuse4seg_jax.checkpointing import BestCheckpoint, Checkpointer
 from fuse4seg_jax.config_validation import validate
 from fuse4seg_jax.data import pipeline, sources
 from fuse4seg_jax.metric_writer import MetricWriter, log
@@ -129,9 +133,11 @@ def _train(config, workdir, stop_at):
     ckpt = Checkpointer(
         workdir, every=config.train.checkpoint_every, keep=config.train.keep_checkpoints
     )
-    writer = None
+    writer = best = None
     try:
         state, start = _resume(ckpt, state)
+        if run.kind != "fusion_only":  # segmenting runs keep their best checkpoint too
+            best = BestCheckpoint(workdir)
         if jax.process_index() == 0:
             atomic_files.write_json(
                 f"{workdir}/config.json", json.loads(config.to_json_best_effort())
@@ -140,22 +146,39 @@ def _train(config, workdir, stop_at):
         batch_sh = sharding.batch_sharding(mesh)
         p_eval = jax.jit(run.eval_step, in_shardings=(repl, batch_sh), out_shardings=batch_sh)
         state, loop_stats = _loop(config, run, mesh, state, start, (train_examples, eval_examples),
-                                  p_eval, ckpt, writer, stop_at)  # fmt: skip
+                                  p_eval, (ckpt, best), writer, stop_at)  # fmt: skip
         if loop_stats is None:  # stopped at `stop_at`
             return None
         result = evaluate(p_eval, state, eval_examples, mesh, config.train.eval_batch_size)
         final_scores = {f"eval/{k}": v for k, v in result["scores"].items()}
         writer.write(config.train.num_steps, final_scores, once=True)  # once: a rerun at the end
-    finally:  # however the run ends: finish a pending checkpoint save, flush TensorBoard
+        _offer_best(best, config.train.num_steps, state, result["scores"], config)
+    finally:  # however the run ends: finish pending checkpoint saves, flush TensorBoard
         ckpt.close()
-        if writer is not None:
-            writer.close()
+        for closing in (best, writer):
+            if closing is not None:
+                closing.close()
     return final_report.write(config, workdir, eval_examples, result, loop_stats)
 
 
-def _loop(config, run, mesh, state, start, data, p_eval, ckpt, writer, stop_at):
+def _meta(config, step: int) -> dict:
+    """The JSON record saved with checkpoint `step`."""
+    return {"data_position": step, "config": json.loads(config.to_json_best_effort())}
+
+
+def _offer_best(best, step, state, scores, config):
+    """Saves the best checkpoint when the held-out mean Dice (over WT, TC, ET) improved."""
+    if best is None:
+        return
+    mean_dice = float(np.mean([scores[f"dice_{r}"] for r in REGION_NAMES]))
+    if best.offer(step, state, _meta(config, step), mean_dice):
+        log(f"best checkpoint so far: step {step}, held-out mean Dice {mean_dice:.4f}")
+
+
+def _loop(config, run, mesh, state, start, data, p_eval, checkpointers, writer, stop_at):
     """Steps `start + 1 .. train.num_steps` with their logging, evaluation (`p_eval` on the
-    held-out part of `data`), diagnostics and checkpoints. Returns (state, run statistics),
+    held-out part of `data`), diagnostics and checkpoints (`checkpointers`: the Checkpointer
+    and the BestCheckpoint or None). Returns (state, run statistics),
     or (state, None) when stopped at `stop_at` (checkpoint saved); raises
     preemption.Preempted after a stop signal (checkpoint saved)."""
     repl, batch_sh = sharding.replicated(mesh), sharding.batch_sharding(mesh)
@@ -164,6 +187,7 @@ def _loop(config, run, mesh, state, start, data, p_eval, ckpt, writer, stop_at):
         donate_argnums=0,
     )  # fmt: skip
     train_examples, eval_examples = data
+    ckpt, best = checkpointers
     sync_each_step = sharding.needs_sync_every_step(mesh)
     diagnose_every = config.bilevel.diagnose_every if run.diagnose_step else 0
     p_diagnose = None
@@ -185,8 +209,7 @@ def _loop(config, run, mesh, state, start, data, p_eval, ckpt, writer, stop_at):
         intensity_shift=config.data.intensity_shift,
     )
 
-    def meta(step):
-        return {"data_position": step, "config": json.loads(config.to_json_best_effort())}
+    meta = functools.partial(_meta, config)
 
     window, timed, window_start = [], 0, time.time()
     loop_start, first_step_time, step_fn, step_memory = time.time(), None, None, None
@@ -226,6 +249,7 @@ def _loop(config, run, mesh, state, start, data, p_eval, ckpt, writer, stop_at):
                 ]
                 writer.write(step, {f"eval/{k}": v for k, v in scores.items()})
                 log("eval " + " ".join(f"{k} {v:.4f}" for k, v in scores.items()))
+                _offer_best(best, step, state, scores, config)
             if check_every and step % check_every == 0:
                 if not sharding.replicas_agree(state):
                     raise RuntimeError(f"parameter replicas differ after step {step}")

@@ -12,7 +12,7 @@ import pytest
 import timeouts
 
 from configs import tiny
-from fuse4seg_jax import recipe, trainer
+from fuse4seg_jax import checkpointing, recipe, trainer
 from fuse4seg_jax.checkpointing import Checkpointer
 from fuse4seg_jax.config_validation import ConfigError
 from fuse4seg_jax.metric_writer import read_jsonl
@@ -81,6 +81,44 @@ def test_a_failing_run_finishes_its_checkpoint_and_closes_its_writer(tmp_path, m
     state, meta = _final_params(str(tmp_path), config)  # step 3's save completed
     assert int(state.step) == 3 and meta["data_position"] == 3
     assert not [p.name for p in (tmp_path / "checkpoints").iterdir() if not p.name.isdigit()]
+
+
+def test_the_best_checkpoint_is_the_state_of_the_best_evaluation(tmp_path, monkeypatch):
+    """Held-out mean Dice scripted to 0.5, 0.7, 0.6 at steps 2, 4, 6: the best checkpoint
+    is step 4's state (equal to the regular checkpoint of step 4), and a resumed trainer
+    knows its score."""
+    scripted = iter([0.5, 0.7, 0.6])
+    real_evaluate = trainer.evaluate
+
+    def evaluate(*args):
+        result = real_evaluate(*args)
+        value = next(scripted)
+        result["scores"] = {k: value for k in result["scores"]}
+        return result
+
+    monkeypatch.setattr(trainer, "evaluate", evaluate)
+    config = _tiny(train__num_steps=6, train__eval_every=2, train__checkpoint_every=2)
+    config.train.keep_checkpoints = 3
+    trainer.train_and_evaluate(config, str(tmp_path))
+    assert next(scripted, None) is None  # evaluated at 2, 4 and the end
+    assert checkpointing.available_steps(str(tmp_path), best=True) == [4]
+    best = checkpointing.BestCheckpoint(str(tmp_path))
+    assert (best.step, best.score) == (4, pytest.approx(0.7))
+    assert not best.offer(6, None, {}, 0.65)  # not better: nothing saved
+    best.close()
+    template = recipe.build(config).init_state()
+    regular, best_ckpt = (
+        Checkpointer(str(tmp_path), every=0, best=b, read_only=True) for b in (False, True)
+    )
+    (a, _), (b, meta) = regular.restore(template, 4), best_ckpt.restore(template, 4)
+    regular.close(), best_ckpt.close()
+    assert meta["best_score"] == pytest.approx(0.7) and meta["data_position"] == 4
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+    assert not np.array_equal(  # and not the final state
+        np.asarray(jax.tree.leaves(a.seg.params)[0]),
+        np.asarray(jax.tree.leaves(_final_params(str(tmp_path), config)[0].seg.params)[0]),
+    )
 
 
 @pytest.mark.slow
