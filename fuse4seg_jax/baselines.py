@@ -154,9 +154,14 @@ def make_train_step(kind: str, pipe, fusion_tx, seg_tx, fusion_steps: int = 0):
 
 
 def eval_step(state: TrainState, batch: dict, *, pipe, seg_mode: str):
-    """pred (B, H, W) int32 and, when the kind has one, fused (B, H, W) in [0, 1]."""
+    """pred (B, H, W) int32, probs (B, H, W, C) float32 (regions.probabilities) and, when
+    the kind has one, fused (B, H, W) in [0, 1]."""
     x = pipe.seg_input(state.fusion.params, batch)
-    out = {"pred": regions.logits_to_labels(pipe.segment(state.seg.params, x), seg_mode)}
+    logits = pipe.segment(state.seg.params, x)
+    out = {
+        "pred": regions.logits_to_labels(logits, seg_mode),
+        "probs": regions.probabilities(logits, seg_mode),
+    }
     if pipe.fuse is not None:
         out["fused"] = x[..., 0]
     return out

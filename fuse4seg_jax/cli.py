@@ -76,6 +76,23 @@ def fail(message, status: int = 1):
     sys.exit(status)
 
 
+STEP_HELP = "Checkpoint to use: a step number or 'best' (default: the latest)."
+
+
+def checkpoint_step(text):
+    """The value of a --step flag: None (not given), "best" or a step number >= 0; exits
+    with a usage error naming the flag otherwise."""
+    if text is None or text == "best":
+        return text
+    try:
+        step = int(text)
+    except ValueError:
+        step = -1
+    if step < 0:
+        fail(f"--step={text}: expected a checkpoint step (an integer >= 0) or 'best'", EXIT_USAGE)
+    return step
+
+
 def _drop_closed_loop_noise(unraisable):
     """sys.unraisablehook of the commands: after a failed checkpoint restore (reported in
     one line), TensorStore reads that finish once Orbax has closed its asyncio loop are

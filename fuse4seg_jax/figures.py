@@ -5,7 +5,8 @@
   enhancing tumour yellow); the trainer's figure.png and evaluation's cases.png and
   best_worst.png (`save_evaluation_figures`, with dice_boxplot.png).
 - `save_fusion_figure`: fusion-only data (Harvard): sources | fused (| fused in colour).
-- `case_preview`: a predicted BraTS volume's slices with the most tumour (predict).
+- `case_preview`: a predicted BraTS volume's slices with the most tumour (predict), in
+  radiological convention with orientation marks and the overlay's legend.
 
 Figures are built on `matplotlib.figure.Figure`, not pyplot: no GUI backend is chosen
 or needed and no global figure list grows; `save_png` also closes pyplot figures.
@@ -17,7 +18,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.figure import Figure
 
-from fuse4seg_jax import atomic_files
+from fuse4seg_jax import atomic_files, orientation
 from fuse4seg_jax.data import harvard
 from fuse4seg_jax.regions import REGION_NAMES
 
@@ -116,11 +117,33 @@ def save_fusion_figure(path, modalities, fused, modality_names, chroma=None, tit
     save_png(fig, path)
 
 
-def case_preview(modalities, names, fused, pred) -> Figure:
+OVERLAY_LEGEND = "overlay: necrotic core (red), oedema (green), enhancing tumour (yellow)"
+
+
+def _orientation_letters(ax):
+    """Small R / L / A / P marks on a panel shown in radiological convention
+    (orientation.display_radiological): the patient's right on the left, anterior on top."""
+    style = {"transform": ax.transAxes, "fontsize": 7, "color": "#ffd24d", "fontweight": "bold"}
+    for x, y, letter, ha, va in ((0.02, 0.5, "R", "left", "center"),
+                                 (0.98, 0.5, "L", "right", "center"),
+                                 (0.5, 0.98, "A", "center", "top"),
+                                 (0.5, 0.02, "P", "center", "bottom")):  # fmt: skip
+        ax.text(x, y, letter, ha=ha, va=va, **style)
+
+
+def case_preview(modalities, names, fused, pred, affine=None) -> Figure:
     """The PREVIEW_SLICES axial slices of a case with the most predicted tumour (then the
-    most brain): sources | fused | segmentation overlay, stored (x, y) shown with x
-    across and y up. modalities (H, W, D, M) in [0, 1]; fused (H, W, D) or None;
-    pred (H, W, D) 0..3 or None."""
+    most brain): sources | fused | segmentation overlay, in radiological convention
+    (the patient's right on the image's left, anterior at the top; R/L/A/P marked on each
+    panel) with the overlay's colour legend. modalities (H, W, D, M) in [0, 1]; fused
+    (H, W, D) or None; pred (H, W, D) 0..3 or None; affine: their voxel-to-world affine,
+    used to bring them to RAS first (None: they are RAS already). Rows are titled by the
+    axial slice in RAS order (0 = most inferior)."""
+    if affine is not None:
+        to_ras = orientation.Reorientation.between(affine, "RAS")
+        modalities = to_ras.apply(modalities)
+        fused = None if fused is None else to_ras.apply(fused)
+        pred = None if pred is None else to_ras.apply(pred)
     brain = (modalities.max(axis=-1) > 0).sum(axis=(0, 1))
     tumour = brain * 0 if pred is None else (pred > 0).sum(axis=(0, 1))
     order = np.lexsort((-brain, -tumour))  # most tumour first, then most brain
@@ -129,15 +152,21 @@ def case_preview(modalities, names, fused, pred) -> Figure:
     cols = [n.upper() for n in names] + (["fused"] if fused is not None else [])
     cols += ["segmentation"] if pred is not None else []
     fig, axes = _grid(len(zs), len(cols), 2.2, 2.3)
+    show = orientation.display_radiological
     for i, z in enumerate(zs):
         images = [modalities[..., z, j] for j in range(len(names))]
         images += [fused[..., z]] if fused is not None else []
         images += [base[..., z]] if pred is not None else []
         for j, image in enumerate(images):
-            overlay = pred[..., z].T if pred is not None and j == len(images) - 1 else None
-            _panel(axes[i, j], image.T, overlay, cols[j] if i == 0 else None, origin="lower")
+            overlay = show(pred[..., z]) if pred is not None and j == len(images) - 1 else None
+            _panel(axes[i, j], show(image), overlay, cols[j] if i == 0 else None)
+            _orientation_letters(axes[i, j])
         axes[i, 0].set_ylabel(f"slice {z}", fontsize=9)
-    fig.tight_layout()
+    if pred is not None:
+        fig.text(0.5, 0.005, OVERLAY_LEGEND, ha="center", fontsize=8)
+        fig.tight_layout(rect=(0, 0.03, 1, 1))
+    else:
+        fig.tight_layout()
     return fig
 
 

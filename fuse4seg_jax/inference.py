@@ -11,6 +11,12 @@ Which keys exist depends on the model (`predictor.output_keys(M)`, known before 
 run): Fuse4Seg and the image-level baselines give both; feature-level baselines
 (early fusion, dual encoder) only "pred"; fusion-only runs only "fused". Other outputs
 of the eval step (e.g. per-image losses) are dropped inside the compiled function.
+The per-class probabilities "probs" (N, H, W, C) float32 (regions.probabilities: C = 4
+classes for model.seg_mode "softmax", 3 regions WT, TC, ET for "regions") are computed
+only when asked: `load_trained(..., keys=PROB_KEYS)`.
+
+`load_trained(config, workdir, step)`: step None (the latest checkpoint), an int, or
+"best" (the best checkpoint, saved apart by the trainer in `<workdir>/checkpoint_best`).
 
 Fixed shapes, so each image size compiles once: images go through in batches of
 `batch_size`, the last batch padded with zero images; H and W are padded with zeros at
@@ -31,9 +37,11 @@ import os
 import jax
 import numpy as np
 
-from fuse4seg_jax import checkpointing, recipe, sharding
+from fuse4seg_jax import checkpointing, recipe, regions, sharding
 
-OUTPUT_KEYS = ("pred", "fused")
+OUTPUT_KEYS = ("pred", "fused")  # what a Predictor computes by default
+PROB_KEYS = ("pred", "fused", "probs")  # ... and with the per-class probabilities
+ALL_KEYS = PROB_KEYS
 # Config keys that decide the networks and what they compute; a checkpoint restored under
 # different values would be wrong or fail to restore (compute_dtype may differ).
 _MODEL_KEYS = ("kind", "fusion", "segmentation", "seg_mode")
@@ -50,19 +58,24 @@ class Predictor:
     """A restored state and its compiled eval step; `predict` runs arrays of images.
 
     eval_fn(state, {"modalities": x (B,H,W,M)}) -> dict with "pred" (B,H,W) int32 and/or
-    "fused" (B,H,W) float32 (recipe.Recipe.eval_step). `step`: the checkpoint's step.
-    keys: the outputs to compute, e.g. ("fused",) for the fusion network alone (XLA drops
-    the unused segmentation network from the compiled function).
+    "fused" (B,H,W) float32, and "probs" (B,H,W,C) float32 with "pred" (recipe.Recipe.
+    eval_step). `step`: the checkpoint's step. keys: the outputs to compute (a subset of
+    ALL_KEYS), e.g. ("fused",) for the fusion network alone (XLA drops the unused
+    segmentation network from the compiled function); "probs" only when asked.
+    seg_mode: the run's model.seg_mode, what "probs" holds (regions.probabilities).
     """
 
-    def __init__(self, eval_fn, state, *, batch_size=16, multiple=16, step=None, keys=OUTPUT_KEYS):
+    def __init__(self, eval_fn, state, *, batch_size=16, multiple=16, step=None,
+                 keys=OUTPUT_KEYS, seg_mode="softmax"):  # fmt: skip
         if batch_size < 1 or multiple < 1:
             raise ValueError(f"batch_size={batch_size} and multiple={multiple} must be >= 1")
-        unknown = set(keys) - set(OUTPUT_KEYS)
+        unknown = set(keys) - set(ALL_KEYS)
         if unknown:
-            raise ValueError(f"keys {sorted(unknown)}: expected a subset of {OUTPUT_KEYS}")
+            raise ValueError(f"keys {sorted(unknown)}: expected a subset of {ALL_KEYS}")
+        if seg_mode not in regions.SEG_MODES:
+            raise ValueError(f"seg_mode={seg_mode!r}: expected one of {regions.SEG_MODES}")
         self.batch_size, self.multiple, self.step = int(batch_size), int(multiple), step
-        self.keys = tuple(keys)
+        self.keys, self.seg_mode = tuple(keys), seg_mode
         self.mesh = sharding.make_mesh(_devices_for(self.batch_size))
         repl, batch_sh = sharding.replicated(self.mesh), sharding.batch_sharding(self.mesh)
         self.state = jax.device_put(state, repl)
@@ -103,7 +116,8 @@ class Predictor:
 
     def predict(self, modalities) -> dict:
         """modalities (N, H, W, M) float32 in [0, 1] -> {"pred": (N,H,W) int32, "fused":
-        (N,H,W) float32} (the keys the model has; module docstring), host numpy arrays."""
+        (N,H,W) float32, "probs": (N,H,W,C) float32} (those of `keys` the model has; module
+        docstring), host numpy arrays."""
         x = np.asarray(modalities, np.float32)
         if x.ndim != 4:
             raise ValueError(f"modalities must be (N, H, W, M), got shape {x.shape}")
@@ -147,8 +161,32 @@ def _run_config_mismatch(config, workdir: str) -> list[str]:
     return diffs
 
 
+def _resolve_step(workdir: str, step):
+    """(step, best) of load_trained's `step` (None, an int or "best"); FileNotFoundError
+    naming the folder when there is no such checkpoint."""
+    best = isinstance(step, str) and step == "best"
+    if isinstance(step, str) and not best:
+        raise ValueError(f"step={step!r}: expected a checkpoint step, None (latest) or 'best'")
+    found = checkpointing.available_steps(workdir, best=best)
+    directory = checkpointing.directory(workdir, best=best)
+    if best:
+        if not found:
+            raise FileNotFoundError(
+                f"{directory}: no best checkpoint (the trainer saves one there when it "
+                "evaluates on held-out data)"
+            )
+        return found[-1], True
+    if not found:
+        raise FileNotFoundError(f"{workdir}: no checkpoint found in {directory}")
+    if step is not None and int(step) not in found:
+        raise FileNotFoundError(f"{directory}: no checkpoint of step {step} (found {found})")
+    return (found[-1] if step is None else int(step)), False
+
+
 def load_trained(config, workdir: str, step=None, **predictor_options):
-    """A Predictor with the state of workdir's checkpoint `step` (default: the latest).
+    """A Predictor with the state of workdir's checkpoint `step`: None (default) the latest,
+    an int that step, "best" the best checkpoint (`<workdir>/checkpoint_best`, saved by the
+    trainer; its step is `predictor.step`).
 
     `config` must be the run's (its networks); the restored state is laid out like the
     fresh state of its recipe (recipe.build(config).init_state). Raises FileNotFoundError
@@ -156,16 +194,11 @@ def load_trained(config, workdir: str, step=None, **predictor_options):
     config does not match the run (its config.json, or a state that does not restore into
     the config's networks) and ValueError "checkpoint N is unreadable: <reason>" when its
     files are missing or damaged (checkpointing.unreadable_reason).
-    predictor_options: batch_size, multiple, keys of Predictor.
+    predictor_options: batch_size, multiple, keys of Predictor (seg_mode comes from config).
     """
     workdir = os.path.abspath(workdir)
-    found = checkpointing.available_steps(workdir)
-    directory = checkpointing.directory(workdir)
-    if not found:
-        raise FileNotFoundError(f"{workdir}: no checkpoint found in {directory}")
-    if step is not None and int(step) not in found:
-        raise FileNotFoundError(f"{directory}: no checkpoint of step {step} (found {found})")
-    step = found[-1] if step is None else int(step)
+    step, best = _resolve_step(workdir, step)
+    directory = checkpointing.directory(workdir, best=best)
     mismatch = _run_config_mismatch(config, workdir)
     if mismatch:
         raise ValueError(f"{workdir}: --config is not the run's: {'; '.join(mismatch)}")
@@ -175,11 +208,11 @@ def load_trained(config, workdir: str, step=None, **predictor_options):
     template = jax.tree.map(
         lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device), template
     )
-    ckpt = checkpointing.Checkpointer(workdir, every=0, read_only=True)
+    ckpt = checkpointing.Checkpointer(workdir, every=0, read_only=True, best=best)
     try:
         state, _ = ckpt.restore(template, step)
     except Exception as e:  # Orbax reports a structure / shape mismatch in many lines
-        reason = checkpointing.unreadable_reason(workdir, step, e)
+        reason = checkpointing.unreadable_reason(workdir, step, e, best=best)
         if reason is not None:
             raise ValueError(f"{directory}: checkpoint {step} is unreadable: {reason}") from e
         detail = " ".join(str(e).split())[:200]
@@ -190,4 +223,5 @@ def load_trained(config, workdir: str, step=None, **predictor_options):
         ) from e
     finally:
         ckpt.close()
-    return Predictor(run.eval_step, state, step=step, **predictor_options)
+    options = {"seg_mode": config.model.seg_mode} | predictor_options
+    return Predictor(run.eval_step, state, step=step, **options)

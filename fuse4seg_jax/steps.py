@@ -118,11 +118,17 @@ def train_step(state: TrainState, batch: dict, *, objs, outer_tx, coupling: Coup
 
 
 def eval_step(state: TrainState, batch: dict, *, objs, seg_mode: str):
-    """{"fused": (B,H,W) float32 in [0,1], "pred": (B,H,W) int32 labels 0..3} of an eval
-    batch (modalities (B,H,W,M) float32 in [0,1]; no label needed)."""
+    """{"fused": (B,H,W) float32 in [0,1], "pred": (B,H,W) int32 labels 0..3, "probs":
+    (B,H,W,C) float32 (regions.probabilities: 4 class or 3 region probabilities)} of an
+    eval batch (modalities (B,H,W,M) float32 in [0,1]; no label needed). Callers that
+    select outputs inside their jitted function pay only for those they keep."""
     fused = objs.fuse(state.fusion.params, batch)
     logits = objs.segment(state.seg.params, fused)
-    return {"fused": fused[..., 0], "pred": regions.logits_to_labels(logits, seg_mode)}
+    return {
+        "fused": fused[..., 0],
+        "pred": regions.logits_to_labels(logits, seg_mode),
+        "probs": regions.probabilities(logits, seg_mode),
+    }
 
 
 def fusion_train_step(state: TrainState, batch: dict, *, objs, outer_tx):

@@ -26,7 +26,7 @@ import time
 import jax
 import numpy as np
 
-from fuse4seg_jax import atomic_files, final_report, preemption, recipe, sharding
+from fuse4seg_jax import atomic_files, final_report, preemption, recipe, run_geometry, sharding
 from fuse4seg_jax.checkpointing import BestCheckpoint, Checkpointer
 from fuse4seg_jax.config_validation import validate
 from fuse4seg_jax.data import pipeline, sources
@@ -142,9 +142,11 @@ def _train(config, workdir, stop_at):
             atomic_files.write_json(
                 f"{workdir}/config.json", json.loads(config.to_json_best_effort())
             )
+            run_geometry.write(workdir, run_geometry.training_geometry(config))
         writer = MetricWriter(workdir, resume_step=start)
         batch_sh = sharding.batch_sharding(mesh)
-        p_eval = jax.jit(run.eval_step, in_shardings=(repl, batch_sh), out_shardings=batch_sh)
+        p_eval = jax.jit(_without_probs(run.eval_step), in_shardings=(repl, batch_sh),
+                         out_shardings=batch_sh)  # fmt: skip
         state, loop_stats = _loop(config, run, mesh, state, start, (train_examples, eval_examples),
                                   p_eval, (ckpt, best), writer, stop_at)  # fmt: skip
         if loop_stats is None:  # stopped at `stop_at`
@@ -159,6 +161,15 @@ def _train(config, workdir, stop_at):
             if closing is not None:
                 closing.close()
     return final_report.write(config, workdir, eval_examples, result, loop_stats)
+
+
+def _without_probs(eval_step):
+    """eval_step without its per-class probabilities (unused here: XLA drops them)."""
+
+    def step(state, batch):
+        return {k: v for k, v in eval_step(state, batch).items() if k != "probs"}
+
+    return step
 
 
 def _meta(config, step: int) -> dict:

@@ -5,6 +5,8 @@
   naming the keys and both values) unless `train.allow_config_change` is set.
 - `finished_results(config, workdir)`: the stored results of a run that is already
   finished (latest checkpoint at `train.num_steps` and `results.json` present), else None.
+- `saved_config(workdir)`: the run's config, read back from `<workdir>/config.json` (what
+  predict uses when no --config is given).
 - `lock(workdir)`: an exclusive `fcntl.flock` on `<workdir>/.lock` (the holder's pid is
   written into it) for the run; released on any exit, and by the OS when the process dies,
   so a stale lock never blocks. A second trainer gets WorkdirBusyError (a ConfigError).
@@ -14,6 +16,8 @@ import contextlib
 import fcntl
 import json
 import os
+
+import ml_collections
 
 from fuse4seg_jax import checkpointing
 from fuse4seg_jax.config_validation import ConfigError
@@ -102,6 +106,34 @@ def finished_results(config, workdir: str):
     with open(path) as f:
         results = json.load(f)
     return results.get("dice_mean", results.get("eval", results))
+
+
+def _tuples(value):
+    """JSON values as the config had them: lists (JSON's only sequence) back to tuples."""
+    if isinstance(value, dict):
+        return {k: _tuples(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return tuple(_tuples(v) for v in value)
+    return value
+
+
+def saved_config(workdir: str) -> ml_collections.ConfigDict:
+    """The run's config as the trainer saved it in `<workdir>/config.json`
+    (config.to_json_best_effort), as a ConfigDict: sequences come back as tuples, as the
+    config files write them, so validation, recipe.build and the readers take it as the
+    original. ConfigError (one line naming the file) when it is missing or unreadable."""
+    path = os.path.join(os.path.abspath(workdir), "config.json")
+    if not os.path.isfile(path):
+        raise ConfigError(f"{path}: no such file: the run's config is needed (or pass --config)")
+    try:
+        with open(path) as f:
+            tree = json.load(f)
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        raise ConfigError(f"{path}: cannot be read as JSON: {type(e).__name__}: {e}") from e
+    sections = ("data", "model")
+    if not isinstance(tree, dict) or not all(isinstance(tree.get(k), dict) for k in sections):
+        raise ConfigError(f"{path}: not a run config (no data and model sections)")
+    return ml_collections.ConfigDict(_tuples(tree))
 
 
 @contextlib.contextmanager

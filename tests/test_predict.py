@@ -1,5 +1,7 @@
 """Inference on BraTS case folders: the Predictor's batching and padding, predict's NIfTI
-outputs against the input's geometry and the model, the CLI's overwrite and error rules."""
+outputs against the input's geometry and the model, the CLI's overwrite and error rules;
+predicting from the run alone (saved config, best checkpoint), the layouts, test-time
+flips, probabilities, orientation and spacing, and the preview."""
 
 import os
 import subprocess
@@ -10,15 +12,29 @@ import nibabel as nib
 import numpy as np
 import pytest
 import timeouts
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from nibabel import orientations
 
 from configs import tiny
-from fuse4seg_jax import atomic_files, case_prediction, inference, recipe
+from fuse4seg_jax import (
+    atomic_files,
+    case_prediction,
+    figures,
+    inference,
+    orientation,
+    recipe,
+    regions,
+)
+from fuse4seg_jax import workdir as workdirs
 from fuse4seg_jax.checkpointing import Checkpointer
+from fuse4seg_jax.config_validation import ConfigError
 from fuse4seg_jax.data import brats, phantom
 from fuse4seg_jax.data.errors import DataError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHAPE = (44, 40, 10)  # H, W not multiples of 16: padded for the networks and cropped back
+# tiny's phantom was trained at 200 mm / 32 px = 6.25 mm (run_geometry): cases in-plane too
+SPACING = (6.25, 6.25, 5.0)
 CASES = {"BraTS2021_00001": "2021", "BraTS-GLI-00002-000": "2023"}
 
 
@@ -45,7 +61,7 @@ def cases(tmp_path_factory):
     """One phantom case in each BraTS naming convention."""
     root = tmp_path_factory.mktemp("brats")
     for i, (name, convention) in enumerate(CASES.items()):
-        case = phantom.make_case(200 + i, shape=SHAPE, spacing=(4.0, 4.0, 5.0))
+        case = phantom.make_case(200 + i, shape=SHAPE, spacing=SPACING)
         phantom.write_brats_case(root, name, case, convention=convention)
     return root
 
@@ -153,7 +169,7 @@ def test_brain_window_holds_the_brain_and_outside_it_is_background(run):
         assert side >= max(32, hi - lo) and (side == 32 or side % 16 == 0)
     assert (x.stop - x.start) * (y.stop - y.start) < 80 * 72  # the window saves work
     predictor = inference.load_trained(config, workdir, batch_size=4)
-    out = case_prediction._predict_volume(predictor, volume, crop=32)
+    out = case_prediction.predict_volume(predictor, volume, crop=32)
     inside = np.zeros(volume.shape[:3], bool)
     inside[window] = True
     assert not out["pred"][~inside].any() and not out["fused"][~inside].any()
@@ -165,7 +181,7 @@ def test_brain_window_holds_the_brain_and_outside_it_is_background(run):
         slice(0, 72),
         slice(0, 14),
     )
-    empty = case_prediction._predict_volume(predictor, np.zeros_like(volume), crop=32)
+    empty = case_prediction.predict_volume(predictor, np.zeros_like(volume), crop=32)
     assert not empty["pred"].any() and not empty["fused"].any()
 
 
@@ -302,3 +318,381 @@ def test_skip_existing_redoes_partial_cases_and_clears_stray_temporary_files(run
     assert case_prediction.predict(config, workdir, cases, out, skip_existing=True, **quiet) == 1
     assert _snapshot(out) == complete  # the case redone, byte for byte; the stray file gone
     assert case_prediction.predict(config, workdir, cases, out, skip_existing=True, **quiet) == 0
+
+
+# --- probabilities, test-time flips, the run alone, layouts, orientation and spacing ------
+
+
+@pytest.fixture(scope="module")
+def prob_predictor(run):
+    config, workdir = run
+    return inference.load_trained(config, workdir, batch_size=4, keys=inference.PROB_KEYS)
+
+
+def test_labels_from_probabilities_equal_logits_to_labels():
+    rng = np.random.default_rng(1)
+    for mode, channels in (("softmax", 4), ("regions", 3)):
+        logits = rng.normal(scale=3.0, size=(2, 9, 7, channels)).astype(np.float32)
+        probs = regions.probabilities(logits, mode)
+        assert probs.shape == logits.shape and probs.dtype == np.float32
+        assert len(regions.channel_names(mode)) == channels
+        expected = np.asarray(regions.logits_to_labels(logits, mode))
+        for p in (probs, np.asarray(probs)):  # on device or host
+            np.testing.assert_array_equal(regions.probabilities_to_labels(p, mode), expected)
+    np.testing.assert_allclose(np.asarray(probs).max(), 1.0, atol=0.05)
+    with pytest.raises(ValueError, match="unknown segmentation mode 'sigmoid'"):
+        regions.probabilities(logits, "sigmoid")
+
+
+def test_every_eval_step_returns_probabilities():
+    batch = {"modalities": jax.ShapeDtypeStruct((2, 32, 32, 2), np.float32)}
+    for kind, seg_mode, channels in (
+        ("fuse4seg", "softmax", 4),
+        ("fuse4seg", "regions", 3),
+        ("classical", "softmax", 4),
+        ("early_fusion", "regions", 3),
+    ):
+        config = tiny.get_config()
+        config.model.kind, config.model.seg_mode = kind, seg_mode
+        run = recipe.build(config)
+        out = jax.eval_shape(run.eval_step, jax.eval_shape(run.init_state), batch)
+        assert out["probs"].shape == (2, 32, 32, channels), kind
+        assert out["probs"].dtype == np.float32 and out["pred"].shape == (2, 32, 32)
+
+
+def test_predictor_computes_probabilities_only_when_asked(run, prob_predictor):
+    config, workdir = run
+    plain = inference.load_trained(config, workdir, batch_size=4)
+    assert plain.output_keys(2) == ("pred", "fused")  # the default: nothing more to pay
+    assert prob_predictor.output_keys(2) == ("pred", "fused", "probs")
+    x = np.random.default_rng(2).uniform(size=(5, 20, 28, 2)).astype(np.float32)
+    out = prob_predictor.predict(x)
+    assert out["probs"].shape == (5, 20, 28, 4) and out["probs"].dtype == np.float32
+    np.testing.assert_allclose(out["probs"].sum(axis=-1), 1.0, atol=1e-5)
+    np.testing.assert_array_equal(out["pred"], plain.predict(x)["pred"])
+    np.testing.assert_array_equal(out["pred"], out["probs"].argmax(axis=-1))
+    with pytest.raises(ValueError, match=r"keys \['logits'\]: expected a subset of"):
+        inference.Predictor(None, {}, keys=("pred", "logits"))
+
+
+def test_tta_is_the_mean_of_the_four_flipped_predictions(run, prob_predictor):
+    volume = _off_centre_case()
+    out = case_prediction.predict_volume(prob_predictor, volume, 32, tta=True)
+    window = case_prediction.brain_window(volume, 32)
+    slices = np.moveaxis(volume[window], 2, 0)
+    sums = {}
+    for axes in ((), (1,), (2,), (1, 2)):  # none, flip x, flip y, both
+        flipped = prob_predictor.predict(np.flip(slices, axes))
+        for k in ("probs", "fused"):
+            back = np.flip(flipped[k], axes)
+            sums[k] = back if k not in sums else sums[k] + back
+    mean = {k: np.moveaxis(v / 4, 0, 2) for k, v in sums.items()}
+    np.testing.assert_allclose(out["probs"][window], mean["probs"], atol=1e-6)
+    np.testing.assert_allclose(out["fused"][window], mean["fused"], atol=1e-6)
+    np.testing.assert_array_equal(out["pred"][window], mean["probs"].argmax(axis=-1))
+    plain = case_prediction.predict_volume(prob_predictor, volume, 32)
+    assert (out["pred"][window] != plain["pred"][window]).any()  # the flips do change things
+    inside = np.zeros(volume.shape[:3], bool)
+    inside[window] = True
+    for o in (out, plain):  # outside the window: certainly background
+        np.testing.assert_array_equal(o["probs"][~inside], [[1.0, 0.0, 0.0, 0.0]] * (~inside).sum())
+    default = inference.load_trained(*run, batch_size=4)
+    with pytest.raises(ValueError, match="tta needs a predictor that computes 'probs'"):
+        case_prediction.predict_volume(default, volume, 32, tta=True)
+
+
+class _Regions:
+    """A stand-in Predictor of a model.seg_mode "regions" run: region probabilities v,
+    v**2, v**3 of each pixel's first modality v (so every label occurs, and a flipped
+    input flipped back gives the same probabilities)."""
+
+    seg_mode = "regions"
+
+    def output_keys(self, num_modalities):
+        return ("pred", "probs")
+
+    def predict(self, slices):
+        v = slices[..., :1]
+        probs = np.concatenate([v, v**2, v**3], axis=-1)
+        return {
+            "pred": np.asarray(regions.probabilities_to_labels(probs, "regions")),
+            "probs": probs,
+        }
+
+
+def test_tta_of_a_regions_run_uses_the_nested_region_rule():
+    volume = _off_centre_case()
+    out = case_prediction.predict_volume(_Regions(), volume, 32, tta=True)
+    window = case_prediction.brain_window(volume, 32)
+    v = volume[window][..., :1]
+    np.testing.assert_allclose(
+        out["probs"][window], np.concatenate([v, v**2, v**3], -1), atol=1e-6
+    )  # each flip undone in place
+    expected = regions.probabilities_to_labels(out["probs"], "regions")
+    np.testing.assert_array_equal(out["pred"], expected)
+    assert set(np.unique(out["pred"])) == {0, 1, 2, 3}
+    outside = np.ones(volume.shape[:3], bool)
+    outside[window] = False
+    assert outside.any() and not out["probs"][outside].any()  # no region outside the window
+
+
+def test_predicting_from_the_run_alone_equals_predicting_with_its_config(run, cases, tmp_path):
+    config, workdir = run
+    quiet = {"log": lambda _: None}
+    case_dir = cases / "BraTS2021_00001"
+    assert case_prediction.predict(None, workdir, case_dir, tmp_path / "alone", **quiet) == 1
+    case_prediction.predict(config, workdir, case_dir, tmp_path / "given", **quiet)
+    alone, given = _snapshot(tmp_path / "alone"), _snapshot(tmp_path / "given")
+    assert len(alone) == 3 and alone == given  # byte for byte, previews included
+    bare = tmp_path / "bare"
+    (bare / "checkpoints").mkdir(parents=True)
+    with pytest.raises(ConfigError) as e:
+        case_prediction.predict(None, bare, cases, tmp_path / "out")
+    assert str(e.value) == (
+        f"{bare / 'config.json'}: no such file: the run's config is needed (or pass --config)"
+    )
+    (bare / "config.json").write_text('{"data": {"name": "phant')
+    with pytest.raises(ConfigError, match=r"config.json: cannot be read as JSON: JSONDecodeError"):
+        workdirs.saved_config(bare)
+
+
+def test_brats_layout_and_probabilities_on_the_inputs_grid(run, cases, prob_predictor, tmp_path):
+    config, workdir = run
+    out = tmp_path / "out"
+    case_prediction.predict(
+        None, workdir, cases, out, layout="brats", save_probabilities=True, log=lambda _: None
+    )
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        [*(f"{c}.nii.gz" for c in CASES), "extras"]
+    )
+    assert sorted(p.name for p in (out / "extras").iterdir()) == sorted(
+        f"{c}_{what}"
+        for c in CASES
+        for what in ("fused.nii.gz", "preview.png", "probabilities.nii.gz")
+    )
+    for name, convention in CASES.items():
+        source = nib.load(next((cases / name).glob("*t1c*")))
+        img = nib.load(out / "extras" / f"{name}_probabilities.nii.gz")
+        assert img.shape == SHAPE + (4,) and img.get_data_dtype() == np.uint16
+        np.testing.assert_array_equal(img.affine, source.affine)
+        assert img.header.get_zooms()[:3] == source.header.get_zooms()
+        assert img.header["descrip"].tobytes().rstrip(b"\0").decode() == (
+            "fuse4seg_jax probabilities: background,necrotic_core,oedema,enhancing"
+        )
+        probs = img.get_fdata(dtype=np.float32)
+        case = brats.read_case(cases / name, config.data.modalities, with_label=False)
+        expected = case_prediction.predict_volume(prob_predictor, case.modalities, 32)
+        np.testing.assert_allclose(probs, expected["probs"], atol=1e-5)  # 16 bits over [0, 1]
+        outside = np.ones(SHAPE, bool)  # outside the brain window: certainly background
+        outside[case_prediction.brain_window(case.modalities, 32)] = False
+        assert outside.any()
+        assert (probs[outside][:, 0] == 1.0).all() and (probs[outside][:, 1:] == 0.0).all()
+        seg = np.asanyarray(nib.load(out / f"{name}.nii.gz").dataobj)
+        et = 4 if convention == "2021" else 3
+        np.testing.assert_array_equal(seg, np.where(expected["pred"] == 3, et, expected["pred"]))
+
+
+def test_best_checkpoint_is_chosen_by_step_best(tmp_path):
+    config = tiny.get_config()
+    workdir = _save_checkpoint(config, tmp_path / "run")  # latest: step 0, seed 0
+    other = tiny.get_config()
+    other.seed = 1
+    best_state = jax.jit(recipe.build(other).init_state)()
+    ckpt = Checkpointer(workdir, every=0, best=True)
+    ckpt.save(5, best_state, {"data_position": 5}, force=True)
+    ckpt.close()
+    best = inference.load_trained(config, workdir, step="best")
+    latest = inference.load_trained(config, workdir)
+    assert best.step == 5 and latest.step == 0
+    for a, b in zip(
+        jax.tree.leaves(best.state.seg.params), jax.tree.leaves(best_state.seg.params), strict=True
+    ):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    empty = _save_checkpoint(config, tmp_path / "no_best")
+    with pytest.raises(FileNotFoundError) as e:
+        inference.load_trained(config, empty, step="best")
+    assert str(e.value) == (
+        f"{tmp_path / 'no_best' / 'checkpoint_best'}: no best checkpoint "
+        "(the trainer saves one there when it evaluates on held-out data)"
+    )
+    with pytest.raises(ValueError, match="step='last': expected a checkpoint step"):
+        inference.load_trained(config, workdir, step="last")
+    with pytest.raises(case_prediction.UsageError) as e:
+        case_prediction.predict(config, workdir, tmp_path, tmp_path / "out", step="last")
+    assert str(e.value) == "--step=last: expected a checkpoint step (an integer >= 0) or 'best'"
+
+
+def _stored_as(case, codes):
+    """The phantom case (RAS, diagonal affine) stored with its axes in `codes` orientation:
+    the same voxels at the same world positions."""
+    to = orientation.Reorientation.between(case["affine"], codes)
+    shape = case["label"].shape
+    affine = case["affine"] @ orientations.inv_ornt_aff(to.ornt, shape)
+    return dict(
+        case, modalities=to.apply(case["modalities"]), label=to.apply(case["label"]), affine=affine
+    )
+
+
+def test_reoriented_inputs_give_the_canonical_outputs_voxel_for_voxel(run, tmp_path):
+    """An LPS copy and an axes-permuted copy (stored z, x, y) of a RAS case: each output is
+    written on its own input's grid (shape, affine) and, brought to RAS, equals the RAS
+    case's output exactly: the geometry and the labels stay in place."""
+    config, workdir = run
+    case = phantom.make_case(220, shape=SHAPE, spacing=SPACING)
+    root = tmp_path / "in"
+    names = {"RAS": "BraTS2021_00010", "LPS": "BraTS2021_00011", "SRA": "BraTS2021_00012"}
+    for codes, name in names.items():
+        phantom.write_brats_case(root, name, _stored_as(case, codes))
+    case_prediction.predict(None, workdir, root, tmp_path / "out", log=lambda _: None)
+    ras = {
+        k: nib.load(tmp_path / "out" / names["RAS"] / f"{names['RAS']}_{k}.nii.gz")
+        for k in ("seg", "fused")
+    }
+    assert (np.asanyarray(ras["seg"].dataobj) > 0).any()
+    for codes in ("LPS", "SRA"):
+        name = names[codes]
+        source = nib.load(root / name / f"{name}_t1ce.nii.gz")
+        assert (
+            orientation.axcodes(source.affine) == codes and source.shape != SHAPE or codes == "LPS"
+        )
+        for k in ("seg", "fused"):
+            img = nib.load(tmp_path / "out" / name / f"{name}_{k}.nii.gz")
+            assert img.shape == source.shape
+            np.testing.assert_array_equal(img.affine, source.affine)
+            canonical = nib.as_closest_canonical(img)
+            np.testing.assert_allclose(canonical.affine, ras[k].affine, atol=1e-5)
+            np.testing.assert_array_equal(
+                np.asanyarray(canonical.dataobj), np.asanyarray(ras[k].dataobj)
+            )
+
+
+def test_input_at_another_spacing_is_refused_in_one_line(run, tmp_path):
+    _, workdir = run
+    case = phantom.make_case(221, shape=SHAPE, spacing=(4.0, 4.0, 5.0))
+    phantom.write_brats_case(tmp_path / "in", "BraTS2021_00020", case)
+    out = tmp_path / "out"
+    with pytest.raises(DataError) as e:
+        case_prediction.predict(None, workdir, tmp_path / "in", out, log=lambda _: None)
+    path = tmp_path / "in" / "BraTS2021_00020" / "BraTS2021_00020_t1ce.nii.gz"
+    assert str(e.value) == (
+        f"{path}: voxel spacing 4 x 4 x 5 mm (in the training orientation RAS) differs "
+        "in-plane from the training spacing 6.25 x 6.25 x 6.25 mm by more than 10%: pass "
+        "--resample to resample it (or raise --spacing_tolerance)"
+    )
+    assert not out.exists()
+
+
+class _FlairThreshold:
+    """A stand-in for a trained Predictor: whole tumour where FLAIR > 0.7 (the phantom's
+    tumour is the brightest FLAIR tissue), so labels are good at any spacing; it records
+    the slice sizes it is given."""
+
+    seg_mode = "softmax"
+
+    def __init__(self):
+        self.seen = []
+
+    def output_keys(self, num_modalities):
+        return ("pred", "fused")
+
+    def predict(self, slices):
+        self.seen.append(slices.shape[1:3])
+        return {
+            "pred": np.where(slices[..., 1] > 0.7, 2, 0).astype(np.int32),
+            "fused": slices[..., 1].copy(),
+        }
+
+
+def _dice(a, b):
+    return 2 * (a & b).sum() / (a.sum() + b.sum())
+
+
+def test_resample_predicts_at_the_training_spacing_onto_the_inputs_grid(tmp_path):
+    geometry = {"orientation": "RAS", "spacing_mm": [6.25, 6.25, 6.25]}
+    dice = {}
+    for spacing, size in ((6.25, 32), (4.0, 50)):  # the same 200 mm field of view
+        name = f"BraTS2021_{size:05d}"
+        case = phantom.make_case(230, shape=(size, size, 24), spacing=(spacing, spacing, 5.0))
+        phantom.write_brats_case(tmp_path / "in", name, case)
+        predictor = _FlairThreshold()
+        case_prediction.predict_case(
+            predictor,
+            tmp_path / "in" / name,
+            tmp_path / "out",
+            ("t1ce", "flair"),
+            32,
+            geometry=geometry,
+            resample=True,
+        )
+        assert predictor.seen == [(32, 32)]  # the networks saw 6.25 mm pixels either way
+        seg = nib.load(tmp_path / "out" / name / f"{name}_seg.nii.gz")
+        assert seg.shape == (size, size, 24)
+        np.testing.assert_array_equal(seg.affine, case["affine"].astype(np.float32))
+        fused = nib.load(tmp_path / "out" / name / f"{name}_fused.nii.gz")
+        assert fused.shape == (size, size, 24)
+        dice[spacing] = _dice(np.asanyarray(seg.dataobj) > 0, case["label"] > 0)
+    # the bound: the truth at the training spacing brought onto the 4 mm grid (nearest)
+    coarse = phantom.make_case(230, shape=(32, 32, 24), spacing=(6.25, 6.25, 5.0))["label"]
+    back = orientation.resample_back(coarse, (6.25, 6.25, 5), (4, 4, 5), (50, 50, 24), order=0)
+    bound = _dice(back > 0, case["label"] > 0)
+    assert dice[6.25] > 0.9 and dice[4.0] > 0.95 * bound > 0.8, (dice, bound)
+
+
+def test_preview_is_radiological_with_legend_and_orientation_marks():
+    """A lesion on the patient's right and anterior, stored LPS: in the segmentation panel
+    it is drawn on the image's left and top."""
+    ras = np.zeros((32, 32, 4, 2), np.float32)
+    ras[4:28, 4:28] = 0.5
+    lesion = np.zeros((32, 32, 4), np.int32)
+    lesion[22:28, 20:27, 1:3] = 1  # x high: right; y high: anterior (red: necrotic core)
+    lps = _stored_as({"affine": np.eye(4), "label": lesion, "modalities": ras}, "LPS")
+    fig = figures.case_preview(
+        lps["modalities"], ("t1ce", "flair"), None, lps["label"], affine=lps["affine"]
+    )
+    assert [t.get_text() for t in fig.texts] == [figures.OVERLAY_LEGEND]
+    seg_panels = fig.axes[2::3]  # each row: T1CE | FLAIR | segmentation
+    assert sorted(t.get_text() for t in seg_panels[0].texts) == ["A", "L", "P", "R"]
+    canvas = FigureCanvasAgg(fig)
+    canvas.draw()
+    pixels = np.asarray(canvas.buffer_rgba())[..., :3].astype(int)
+    height, found = pixels.shape[0], 0
+    for ax in seg_panels:
+        x0, y0, x1, y1 = np.round(ax.get_window_extent().extents).astype(int)
+        panel = pixels[height - y1 : height - y0, x0:x1]
+        red = (panel[..., 0] > 150) & (panel[..., 1] < 100) & (panel[..., 2] < 100)
+        if red.sum() > 20:
+            rows, cols = np.nonzero(red)
+            assert cols.mean() < 0.5 * panel.shape[1] and rows.mean() < 0.5 * panel.shape[0]
+            found += 1
+    assert found == 2  # the lesion's two slices
+
+
+@pytest.mark.slow
+def test_cli_from_the_run_alone_with_the_new_flags(run, cases, tmp_path):
+    _, workdir = run
+    out = tmp_path / "out"
+    proc = _cli(
+        "--workdir",
+        workdir,
+        "--input",
+        cases,
+        "--out",
+        out,
+        "--layout",
+        "brats",
+        "--tta",
+        "--save_probabilities",
+        "--step",
+        "0",
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "checkpoint step 0 of" in proc.stdout and "flip-averaged" in proc.stdout
+    assert sorted(p.name for p in out.glob("*.nii.gz")) == sorted(f"{c}.nii.gz" for c in CASES)
+    assert len(list((out / "extras").iterdir())) == 6
+    proc = _cli("--workdir", workdir, "--input", cases, "--out", out, "--step", "best")
+    assert proc.returncode == 1
+    best = os.path.join(workdir, "checkpoint_best")
+    assert proc.stderr.strip().splitlines()[-1] == (
+        f"error: {best}: no best checkpoint (the trainer saves one there when it evaluates "
+        "on held-out data)"
+    )
