@@ -18,13 +18,16 @@ from fuse4seg_jax.data import sources
 CLASSICAL = {name: classical.host_fuser(name) for name in classical.METHODS}
 
 
-def checkpoint_fuser(config, workdir, *, batch_size: int = 16):
-    """fused = fn(modalities (B,H,W,M)) with the fusion network of workdir's latest checkpoint.
+def checkpoint_fuser(config, workdir, *, step=None, batch_size: int = 16):
+    """fused = fn(modalities (B,H,W,M)) with the fusion network of workdir's checkpoint
+    `step` (None: the latest; "best": the best by held-out mean Dice).
 
     fused: (B,H,W) float32 in [0,1]; only the fusion network runs (XLA prunes the rest). Raises
     FileNotFoundError if workdir has no checkpoint, ValueError if its model makes no fused
     image (feature-level baselines)."""
-    predictor = inference.load_trained(config, workdir, batch_size=batch_size, keys=("fused",))
+    predictor = inference.load_trained(
+        config, workdir, step=step, batch_size=batch_size, keys=("fused",)
+    )
     if "fused" not in predictor.output_keys(len(config.data.modalities)):
         raise ValueError(
             f"{workdir}: model.kind={config.model.get('kind', 'fuse4seg')} makes no fused image"

@@ -1,27 +1,46 @@
 """Evaluate a trained run or a classical fusion on a split: `python -m fuse4seg_jax.evaluate`.
 
     python -m fuse4seg_jax.evaluate --config configs/demo.py --workdir runs/demo
+    python -m fuse4seg_jax.evaluate --config configs/demo.py --workdir runs/demo \\
+        --protocol slices --step best
     python -m fuse4seg_jax.evaluate --config configs/harvard.py \\
         --config.data.manual_dir=../shared/data/harvard --classical max --out runs/eval-max
 
-Writes to `--out` (default `<workdir>/eval-<split>`), atomically (a temporary
-folder renamed when complete; an existing one is kept unless `--overwrite`):
+Two protocols (`--protocol`), named in every row (`protocol` column) and table:
+- `volume` (the default for a trained run on BraTS-style data, brats_fuse or the phantom):
+  every case of the split whole. Each case is read as a volume and normalised as for
+  training; every axial slice with brain goes through the networks inside the same brain
+  window as `predict` (`data.image_size`, grown to hold the brain); the 3D label volume is
+  scored. This is the protocol of BraTS, nnU-Net and MONAI papers: false positives
+  anywhere in the brain count.
+- `slices`: the split's selected tumour slices (the paper's BraTS-Fuse protocol: at
+  most `data.slices_per_case` slices per case, each with at least `data.min_tumour_area`
+  tumour voxels, centre-cropped to `data.image_size`; never a healthy slice), scored per
+  2D slice and per case with the slices stacked back, with the fusion metrics of each
+  fused image. The only protocol for a classical fusion and for Harvard pairs.
 
-- `metrics.csv`: one row per image (`level` = slice) and, with labels, one per
-  case (`level` = case; the case's slices stacked back in slice order). Per
-  region WT/TC/ET: Dice, HD95 (mm, from the pixel spacing; the slice spacing
-  is taken equal to the in-plane spacing, as BraTS and the phantom are
-  isotropic), sensitivity, specificity, with the BraTS empty-mask conventions
-  (metrics/segmentation.py). Per image, the fusion metrics of the fused image
-  against the two sources (metrics/fusion.py, `--convention`), on 8-bit grey
-  levels as the published tables use them: the fused image min-max scaled and
-  rounded, the sources rounded.
-- `summary.md`: mean and standard deviation of every metric, per 3D case and
-  per 2D slice (both protocols, labelled), and of the fusion metrics.
-- figures: `cases.png` (sources | fused | ground truth | prediction for sampled
-  cases), `best_worst.png` (the best and worst cases by mean Dice),
-  `dice_boxplot.png` (Dice per region over cases). Fusion-only data (Harvard):
+Writes to `--out` (default `<workdir>/eval-<split>` for the volume protocol,
+`<workdir>/eval-<split>-slices` for the slice protocol), atomically (a temporary folder
+renamed when complete; an existing one is kept unless `--overwrite`):
+
+- `metrics.csv`: volume protocol: one row per case with its slice counts and, per region
+  WT/TC/ET, voxel-wise Dice, HD95 (mm, from the voxel spacing of the header),
+  sensitivity, specificity (BraTS empty-mask conventions, metrics/segmentation.py) and
+  the BraTS 2023 lesion-wise Dice and HD95 with the lesion counts (`lw_*`,
+  metrics/lesionwise.py). Slice protocol: one row per image (`level` = slice) and, with
+  labels, one per case (`level` = case; slices stacked back, the slice spacing taken
+  equal to the in-plane spacing), the same voxel-wise metrics, and per image the fusion
+  metrics of the fused image against the two sources (metrics/fusion.py,
+  `--convention`) on 8-bit grey levels as the published tables use them.
+- `summary.md`: mean ± standard deviation of every metric, each table titled with its
+  protocol and level.
+- figures: `cases.png` (sources | fused | ground truth | prediction for sampled cases;
+  the slice with the most tumour), `best_worst.png` (the best and worst cases by mean
+  Dice), `dice_boxplot.png` (Dice per region over cases). Fusion-only data (Harvard):
   `pairs.png`, colour fused images for PET/SPECT.
+
+`--step` picks the checkpoint: a step number or `best` (the best by held-out mean Dice
+during training); by default the latest.
 """
 
 import os
@@ -35,6 +54,7 @@ from ml_collections import config_flags  # noqa: E402
 
 from fuse4seg_jax import evaluation  # noqa: E402
 from fuse4seg_jax.data import sources  # noqa: E402
+from fuse4seg_jax.data.errors import DataError  # noqa: E402
 
 FLAGS = flags.FLAGS
 
@@ -46,7 +66,13 @@ def define_flags():
     flags.DEFINE_enum(
         "split", None, list(sources.SPLITS), "Split (default: the config's data.eval_split)."
     )
-    flags.DEFINE_string("out", None, "Output folder (default <workdir>/eval-<split>).")
+    flags.DEFINE_enum(
+        "protocol", None, list(evaluation.PROTOCOLS),
+        "volume: whole cases; slices: the split's selected slices (default: volume for a "
+        "trained run on BraTS-style data, else slices).",
+    )  # fmt: skip
+    flags.DEFINE_string("step", None, cli.STEP_HELP)
+    flags.DEFINE_string("out", None, "Output folder (default <workdir>/eval-<split>[-slices]).")
     flags.DEFINE_enum("convention", "mmif", ["mmif", "standard"], "Fusion-metric convention.")
     flags.DEFINE_integer("num_figure_cases", 4, "Cases in cases.png and per half of best_worst.")
     flags.DEFINE_bool("overwrite", False, "Replace an existing --out.")
@@ -58,18 +84,21 @@ def main(argv):
         cli.fail(f"unexpected arguments: {' '.join(argv[1:])}", cli.EXIT_USAGE)
     logging.set_verbosity(logging.ERROR)
     split = FLAGS.split or FLAGS.config.data.eval_split
+    step = cli.checkpoint_step(FLAGS.step)
+    protocol = FLAGS.protocol or evaluation.default_protocol(FLAGS.config, FLAGS.classical)
     out = FLAGS.out
     if out is None:
         if FLAGS.workdir is None:
             cli.fail("--out is needed with --classical")
-        out = os.path.join(FLAGS.workdir, f"eval-{split}")
+        name = f"eval-{split}" + ("" if protocol == "volume" else "-slices")
+        out = os.path.join(FLAGS.workdir, name + ("" if step is None else f"-step-{step}"))
     try:
         evaluation.evaluate(
             FLAGS.config, out, workdir=FLAGS.workdir, classical=FLAGS.classical, split=split,
-            convention=FLAGS.convention, num_figure_cases=FLAGS.num_figure_cases,
-            overwrite=FLAGS.overwrite,
+            protocol=protocol, step=step, convention=FLAGS.convention,
+            num_figure_cases=FLAGS.num_figure_cases, overwrite=FLAGS.overwrite,
         )  # fmt: skip
-    except (FileExistsError, FileNotFoundError, ValueError) as e:
+    except (DataError, FileExistsError, FileNotFoundError, ValueError) as e:
         cli.fail(e, 1)
     except OSError as e:  # disk full, no permission, ...: one line naming the file
         cli.fail_os_error(e)

@@ -15,10 +15,10 @@ and ground truth"):
     <out>/index.csv                                     one row per record, relative paths
                                                         (and in-plane spacing in mm for BraTS)
 
-The fused image comes from a trained checkpoint (`--workdir`: its latest
-checkpoint; the config must be the run's) or from a classical fusion
-(`--method mean`, `max`, `pca` or `laplacian`; classical.py). Slices are
-exported whole (not cropped). The export is written to a temporary folder
+The fused image comes from a trained checkpoint (`--workdir`: its latest checkpoint,
+or the one `--step` names, a step number or `best`; the config must be the run's) or
+from a classical fusion (`--method mean`, `max`, `pca` or `laplacian`; classical.py).
+Slices are exported whole (not cropped). The export is written to a temporary folder
 beside `--out` and renamed when complete; an existing `--out` is refused
 unless `--overwrite`.
 """
@@ -45,6 +45,7 @@ def define_flags():
     flags.DEFINE_string("workdir", None, "A training workdir: fuse with its latest checkpoint.")
     methods = list(benchmark_export.CLASSICAL)
     flags.DEFINE_enum("method", None, methods, "Classical fusion instead of a checkpoint.")
+    flags.DEFINE_string("step", None, cli.STEP_HELP)
     flags.DEFINE_bool("overwrite", False, "Replace an existing --out.")
     flags.mark_flags_as_required(["config", "out"])
 
@@ -55,11 +56,14 @@ def main(argv):
     logging.set_verbosity(logging.ERROR)  # TFDS warns about its own deprecations
     if (FLAGS.workdir is None) == (FLAGS.method is None):
         cli.fail("give exactly one of --workdir (a trained checkpoint) or --method")
+    step = cli.checkpoint_step(FLAGS.step)
+    if step is not None and FLAGS.workdir is None:
+        cli.fail("--step picks a checkpoint of --workdir; --method has none", cli.EXIT_USAGE)
     try:
         if FLAGS.method:
             fuser = benchmark_export.CLASSICAL[FLAGS.method]
         else:
-            fuser = benchmark_export.checkpoint_fuser(FLAGS.config, FLAGS.workdir)
+            fuser = benchmark_export.checkpoint_fuser(FLAGS.config, FLAGS.workdir, step=step)
         n = benchmark_export.export(FLAGS.config, FLAGS.out, fuser, overwrite=FLAGS.overwrite)
     except (FileExistsError, FileNotFoundError, ValueError) as e:
         cli.fail(e, 1)

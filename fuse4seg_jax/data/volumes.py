@@ -1,0 +1,89 @@
+"""The whole-volume cases of a labelled dataset's split, for the volume protocol of evaluate.
+
+`split_cases(data_config, seed, split)` lists the cases of a split as `VolumeCase`s whose
+`load()` reads (or renders) the case only when called, so an evaluation holds one volume
+at a time:
+- "brats_fuse": the case folders the BraTS-Fuse builder assigns to the split
+  (tfds_brats_fuse.split_cases on `data.manual_dir`, the same cases whose selected slices
+  form the TFDS split), read and normalised by brats.read_case as for training and
+  prediction.
+- "phantom": the split's subjects (train: case ids 0 .. num_train_cases - 1, validation:
+  the next num_eval_cases), each rendered whole by phantom.make_case on the cube the
+  training slices were cut from: image_size^3 voxels of FOV_MM / image_size mm.
+The volumes are (H, W, D, M) float32 in [0, 1] with background 0, labels (H, W, D) int32
+0..3, spacing (3,) mm per stored axis; axial slices are the last axis, as in training.
+"""
+
+import dataclasses
+import os
+from collections.abc import Callable
+
+import numpy as np
+
+from fuse4seg_jax.data import brats, sources
+from fuse4seg_jax.data.errors import DataError
+
+DATASETS = ("phantom", "brats_fuse")  # the labelled datasets made of 3D cases
+
+
+@dataclasses.dataclass(frozen=True)
+class VolumeCase:
+    case_id: str
+    load: Callable  # () -> (modalities (H, W, D, M), label (H, W, D), spacing (3,))
+
+
+def split_cases(data_config, seed: int, split: str) -> list[VolumeCase]:
+    """The cases of `split` (module docstring), sorted by case id. ValueError for a
+    dataset without 3D cases or a split it lacks; DataError for a missing BraTS folder."""
+    if data_config.name not in DATASETS:
+        raise ValueError(
+            f"data.name={data_config.name!r} has no 3D cases: the volume protocol needs one "
+            f"of {', '.join(DATASETS)} (use --protocol slices)"
+        )
+    sources.check_split(data_config, split)
+    if data_config.name == "phantom":
+        return _phantom_cases(data_config, seed, split)
+    return _brats_cases(data_config, split)
+
+
+def _phantom_cases(data_config, seed, split) -> list[VolumeCase]:
+    from fuse4seg_jax.data import phantom
+
+    first = 0 if split == "train" else data_config.num_train_cases
+    count = data_config.num_train_cases if split == "train" else data_config.num_eval_cases
+    size = int(data_config.image_size)
+    spacing = (phantom.FOV_MM / size,) * 3
+    mods = tuple(data_config.modalities)
+
+    def loader(index):
+        def load():
+            case = phantom.make_case(
+                phantom.case_seed(seed, index), shape=(size,) * 3, spacing=spacing, modalities=mods
+            )
+            return case["modalities"], case["label"], np.asarray(spacing, np.float32)
+
+        return load
+
+    return [VolumeCase(str(i), loader(i)) for i in range(first, first + count)]
+
+
+def _brats_cases(data_config, split) -> list[VolumeCase]:
+    from fuse4seg_jax.data import tfds_brats_fuse  # imports TensorFlow (the builder's config)
+
+    if not data_config.manual_dir:
+        raise ValueError("data.manual_dir is empty: give the BraTS folder of case folders")
+    root = os.path.expanduser(data_config.manual_dir)
+    if not os.path.isdir(root):
+        raise DataError(data_config.manual_dir, "BraTS folder (data.manual_dir) not found")
+    protocol = tfds_brats_fuse.make_builder(data_config).builder_config
+    folders = tfds_brats_fuse.split_cases(brats.find_cases(root), protocol)[split]
+    mods = tuple(data_config.modalities)
+
+    def loader(folder):
+        def load():
+            case = brats.read_case(folder, mods, with_label=True)
+            return case.modalities, case.label, case.spacing
+
+        return load
+
+    return [VolumeCase(os.path.basename(str(f)), loader(f)) for f in folders]
