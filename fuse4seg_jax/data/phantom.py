@@ -35,7 +35,10 @@ Design (our choices, see METHOD.md sections 2 and 7):
   noise (sigma 0.02-0.04 of the contrast scale) inside the brain only.
 - Normalisation (METHOD.md section 2): per modality, inside the brain mask, clip
   to the 0.5 / 99.5 percentiles and scale to [0, 1]; background 0. A 3D case
-  uses its volume; a slice set uses the pooled pixels of that case's slices.
+  uses its volume; a slice set uses the pooled pixels of that case's slices. A 3D
+  case can take its percentiles from given axial planes instead (`make_case`'s
+  `reference_planes`): the planes of its training slices (`slice_planes`) make the
+  whole volume look as its training slices did, as the volume protocol needs.
 - Noise of modality m is drawn from a generator seeded by (seed, m), so an image
   does not depend on which other modalities were requested.
 """
@@ -213,8 +216,9 @@ def _tumour_labels(t, pts):
 # --- rendering --------------------------------------------------------------------------
 
 
-def _render(subject, pts, h, seed, midx, with_tumour=True):
-    """Render at points pts (broadcastable to shape G): (images G+(M,), label G, mask G)."""
+def _render(subject, pts, h, seed, midx, with_tumour=True, reference=None):
+    """Render at points pts (broadcastable to shape G): (images G+(M,), label G, mask G).
+    reference: boolean G, the points whose brain voxels set the normalisation (None: all)."""
     b, t, look = subject["brain"], subject["tumour"], subject["look"]
     eps = 0.35 * h
     soft = lambda s: (0.5 - 0.5 * np.tanh(s / eps)).astype(np.float32)  # 1 inside (s < 0)
@@ -263,7 +267,8 @@ def _render(subject, pts, h, seed, midx, with_tumour=True):
         clean = (img[..., j] * bias)[mask]
         n1, n2 = rng.standard_normal((2, clean.size), dtype=np.float32) * look["sigma"]
         v = np.sqrt((clean + n1) ** 2 + n2**2)  # Rician magnitude
-        lo, hi = np.percentile(v, [0.5, 99.5])
+        pool = v if reference is None else v[np.broadcast_to(reference, shape)[mask]]
+        lo, hi = np.percentile(pool, [0.5, 99.5])
         out[..., j][mask] = np.clip((v - lo) / (hi - lo), 0.0, 1.0)
 
     hard_csf = w_csf >= 0.5
@@ -279,6 +284,7 @@ def make_case(
     spacing=(2.0, 2.0, 2.0),
     modalities=MODALITIES,
     with_tumour=True,
+    reference_planes=None,
 ):
     """One 3D subject.
 
@@ -287,6 +293,8 @@ def make_case(
     voxel -> mm (centred field of view), "modality_names": tuple of M names}.
     with_tumour=False renders the healthy twin (same anatomy, bias field and noise samples;
     "label" still marks where the tumour would be), e.g. to measure what the tumour changes.
+    reference_planes: axial plane indices whose brain voxels set the intensity
+    normalisation (default: the whole volume; module docstring).
     """
     midx = _modality_indices(modalities)
     shape, spacing = tuple(int(s) for s in shape), np.asarray(spacing, np.float64)
@@ -296,7 +304,13 @@ def make_case(
     origin = -(np.asarray(shape) - 1) / 2.0 * spacing
     axes = [(origin[i] + spacing[i] * np.arange(shape[i])).astype(np.float32) for i in range(3)]
     pts = (axes[0][:, None, None], axes[1][None, :, None], axes[2][None, None, :])
-    images, label, mask = _render(subject, pts, float(spacing.min()), seed, midx, with_tumour)
+    reference = None
+    if reference_planes is not None:
+        reference = np.zeros((1, 1, shape[2]), bool)
+        reference[..., np.asarray(reference_planes, np.int64)] = True
+    images, label, mask = _render(
+        subject, pts, float(spacing.min()), seed, midx, with_tumour, reference
+    )
     affine = np.diag(np.append(spacing, 1.0))
     affine[:3, 3] = origin
     return {
@@ -331,6 +345,15 @@ def _select_planes(t, coords, h, num_slices):
     return np.sort(pick)
 
 
+def slice_planes(seed: int, *, num_slices: int, image_size: int = 64, fov_mm: float = FOV_MM):
+    """The axial plane indices `make_slices` renders for subject `seed` (sorted): planes
+    of the image_size^3 cube of fov_mm / image_size mm voxels, i.e. `volume[:, :, k]`."""
+    subject = _sample_subject(np.random.default_rng(seed))
+    h = float(fov_mm) / image_size
+    coords = ((np.arange(image_size) - (image_size - 1) / 2.0) * h).astype(np.float32)
+    return _select_planes(subject["tumour"], coords, h, num_slices)
+
+
 def make_slices(
     seed: int,
     *,
@@ -354,7 +377,7 @@ def make_slices(
     subject = _sample_subject(np.random.default_rng(seed))
     h = float(fov_mm) / image_size
     coords = ((np.arange(image_size) - (image_size - 1) / 2.0) * h).astype(np.float32)
-    ks = _select_planes(subject["tumour"], coords, h, num_slices)
+    ks = slice_planes(seed, num_slices=num_slices, image_size=image_size, fov_mm=fov_mm)
     pts = (coords[None, :, None], coords[None, None, :], coords[ks][:, None, None])
     images, label, mask = _render(subject, pts, h, seed, midx)
     return {"modalities": images, "label": label, "mask": mask, "slice_index": ks.astype(np.int32)}
