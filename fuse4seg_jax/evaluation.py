@@ -127,10 +127,16 @@ def evaluate(config, out: str, *, workdir=None, classical=None, split=None, prot
         atomic_files.write_text(os.path.join(tmp, "summary.md"), "\n".join(lines))
         figures.save_evaluation_figures(tmp, config, examples, outputs, case_rows,
                                         num_figure_cases)  # fmt: skip
-    _log(f"wrote {out}/summary.md, metrics.csv and figures")
     summary = {}
     for _, table_rows, keys in tables[::-1]:  # the first table's means win
         summary |= {k: float(np.nanmean([r[k] for r in table_rows])) for k in keys}
+    for prefix, what in (("dice", "Dice"), ("hd95", "HD95 (mm)"), ("lw_dice", "lesion-wise Dice")):
+        if f"{prefix}_wt" in summary:
+            means = " ".join(
+                f"{r.upper()} {summary[f'{prefix}_{r}']:.3f}" for r in ("wt", "tc", "et")
+            )
+            _log(f"{protocol} protocol, mean over {len(case_rows)} cases: {what} {means}")
+    _log(f"wrote {out}/summary.md, metrics.csv and figures")
     return summary
 
 

@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
-# Quick start, part 1: set up .venv if needed, then train Fuse4Seg bi-level on
-# the built-in phantom and evaluate on held-out cases.
+# Quick start, part 1: set up .venv if needed, train Fuse4Seg bi-level on the built-in
+# phantom (held-out Dice of the selected slices at the end), then score every held-out
+# case whole (evaluate's volume protocol, into WORKDIR/eval-validation/).
 #   bash launch/demo.sh [WORKDIR] [--config.x.y=value ...]
 # Rerunning with the same WORKDIR resumes from its latest checkpoint.
 source "$(dirname "${BASH_SOURCE[0]}")/venv.sh"
 workdir=runs/demo
 if [ $# -gt 0 ] && [[ "$1" != --* ]]; then workdir=$1; shift; fi
-exec "$PY" -m fuse4seg_jax.train --config configs/demo.py --workdir "$workdir" "$@"
+"$PY" -m fuse4seg_jax.train --config configs/demo.py --workdir "$workdir" "$@" || exit $?
+exec "$PY" -m fuse4seg_jax.evaluate --config configs/demo.py --workdir "$workdir" \
+  --overwrite "$@"
