@@ -82,6 +82,11 @@ def _check_arguments(config, out, workdir, classical, protocol, step, overwrite)
         raise ValueError(f"protocol {protocol!r}: expected one of {', '.join(PROTOCOLS)}")
     if protocol == "volume" and classical is not None:
         raise ValueError("a classical fusion does not segment: use --protocol slices with it")
+    if protocol == "volume" and config.data.name not in volumes.DATASETS:
+        raise ValueError(
+            f"data.name={config.data.name!r} has no 3D cases: the volume protocol needs one "
+            f"of {', '.join(volumes.DATASETS)} (use --protocol slices)"
+        )
     if step is not None and workdir is None:
         raise ValueError("--step picks a checkpoint of --workdir; a classical fusion has none")
     if os.path.exists(out) and not overwrite:

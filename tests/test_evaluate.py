@@ -320,3 +320,16 @@ def test_volume_protocol_on_a_brats_folder_with_odd_geometry(trained, tmp_path):
         expected = seg_metrics.region_scores(pred, case.label, case.spacing)  # header's
         for key in ("dice_wt", "hd95_wt", "hd95_tc", "sens_et"):
             assert float(row[key]) == pytest.approx(expected[key], abs=1e-9)
+
+
+def test_the_volume_protocol_refuses_what_it_cannot_score(tmp_path):
+    """A classical fusion (no segmentation) and the Harvard pairs (2D, no labels) have no
+    volume protocol: one line each saying to use --protocol slices, nothing written."""
+    config = _config(tmp_path)
+    with pytest.raises(ValueError, match="classical fusion does not segment: use --protocol sl"):
+        evaluation.evaluate(config, str(tmp_path / "a"), classical="max", protocol="volume")
+    config = harvard_config.get_config()
+    with pytest.raises(ValueError, match="'harvard_mif' has no 3D cases: .* --protocol slices"):
+        evaluation.evaluate(config, str(tmp_path / "b"), workdir=str(tmp_path), protocol="volume")
+    assert evaluation.default_protocol(config) == "slices"
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
