@@ -45,7 +45,7 @@ def test_classical_export_writes_every_record_and_refuses_to_overwrite(tmp_path)
 @pytest.mark.slow
 def test_checkpoint_export_uses_the_trained_fusion_network(tmp_path):
     config = _config(tmp_path)
-    config.train.num_steps = 2
+    config.train.num_steps, config.train.checkpoint_every = 2, 1
     trainer.train_and_evaluate(config, str(tmp_path / "run"))
     fuser = benchmark_export.checkpoint_fuser(config, str(tmp_path / "run"))
     benchmark_export.export(config, str(tmp_path / "out"), fuser)
@@ -57,6 +57,12 @@ def test_checkpoint_export_uses_the_trained_fusion_network(tmp_path):
     np.testing.assert_allclose(fused, fuser(sources[None])[0], atol=1e-6)
     assert 0.0 <= fused.min() and fused.max() <= 1.0
     assert not np.allclose(fused, sources.max(-1))  # it is the network's, not a classical rule
+    # --step: checkpoint 1 fuses differently; "best" is step 2 (its only evaluation, the last)
+    by_step = {s: benchmark_export.checkpoint_fuser(config, str(tmp_path / "run"), step=s)
+               for s in (1, 2, "best")}  # fmt: skip
+    np.testing.assert_array_equal(by_step["best"](sources[None]), fuser(sources[None]))
+    np.testing.assert_array_equal(by_step[2](sources[None]), fuser(sources[None]))
+    assert not np.allclose(by_step[1](sources[None]), fuser(sources[None]), atol=1e-6)
 
 
 def test_missing_checkpoint_is_a_clear_error(tmp_path):
