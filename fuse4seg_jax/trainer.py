@@ -251,16 +251,20 @@ def _loop(config, run, mesh, state, start, data, p_eval, checkpointers, writer, 
             else:
                 timed += 1
             if step % config.train.log_every == 0 or step == num_steps:
+                jax.block_until_ready(metrics)  # steps are dispatched ahead: time finished ones
                 rate = max(timed, 1) / max(time.time() - window_start, 1e-9)
                 _log_window(window, step, num_steps, rate, writer, ckpt.latest_step())
                 window, timed, window_start = [], 0, time.time()
             if step % config.train.eval_every == 0 and step != num_steps:
+                jax.block_until_ready(state)  # the steps before it stay in their window
+                eval_start = time.time()
                 scores = evaluate(p_eval, state, eval_examples, mesh, config.train.eval_batch_size)[
                     "scores"
                 ]
                 writer.write(step, {f"eval/{k}": v for k, v in scores.items()})
                 log("eval " + " ".join(f"{k} {v:.4f}" for k, v in scores.items()))
                 _offer_best(best, step, state, scores, config)
+                window_start += time.time() - eval_start  # not counted in steps/s
             if check_every and step % check_every == 0:
                 if not sharding.replicas_agree(state):
                     raise RuntimeError(f"parameter replicas differ after step {step}")

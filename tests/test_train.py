@@ -83,6 +83,38 @@ def test_a_failing_run_finishes_its_checkpoint_and_closes_its_writer(tmp_path, m
     assert not [p.name for p in (tmp_path / "checkpoints").iterdir() if not p.name.isdigit()]
 
 
+@pytest.mark.parametrize("sync", [False, True])
+def test_the_logged_step_rate_counts_finished_steps(tmp_path, monkeypatch, sync):
+    """A train step that lasts at least 0.2 s (a host callback sleeps inside it): the
+    logged steps/s is at most 5, whether or not the loop waits on every step. (Timed as
+    they were dispatched, without a per-step wait, the windows looked several times
+    faster than they ran.) The evaluation between windows is not counted."""
+    import dataclasses
+    import time
+
+    from jax.experimental import io_callback
+
+    real_build = trainer.recipe.build
+
+    def build(config):
+        run = real_build(config)
+
+        def slow_step(state, batch):
+            io_callback(lambda: time.sleep(0.2), None, ordered=False)
+            return run.train_step(state, batch)
+
+        return dataclasses.replace(run, train_step=slow_step)
+
+    monkeypatch.setattr(trainer.recipe, "build", build)
+    monkeypatch.setattr(trainer.sharding, "needs_sync_every_step", lambda mesh: sync)
+    config = _tiny(train__num_steps=9, train__log_every=4, train__eval_every=4,
+                   train__checkpoint_every=0)  # fmt: skip
+    trainer.train_and_evaluate(config, str(tmp_path))
+    rates = [row["train/steps_per_second"] for row in read_jsonl(str(tmp_path / "metrics.jsonl"))
+             if "train/steps_per_second" in row]  # fmt: skip
+    assert len(rates) == 3 and max(rates) <= 5.0, rates
+
+
 def test_the_best_checkpoint_is_the_state_of_the_best_evaluation(tmp_path, monkeypatch):
     """Held-out mean Dice scripted to 0.5, 0.7, 0.6 at steps 2, 4, 6: the best checkpoint
     is step 4's state (equal to the regular checkpoint of step 4), and a resumed trainer
