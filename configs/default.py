@@ -84,8 +84,11 @@ def get_config():
     # darts: virtual step size xi; darts_fd: finite-difference mixed product (eps = 0.01/|v|).
     config.bilevel.darts_xi = 0.01
     config.bilevel.darts_fd = False
-    # bdl (heuristic surrogate): the correction is dropped where |f_y|^2 <= bdl_eps.
+    # bdl (heuristic surrogate, c = <F_y, f_y> / (|f_y|^2 + bdl_damping)): bdl_damping 0 is
+    # BDLFusion's form, unbounded near the follower's optimum (the correction is dropped where
+    # |f_y|^2 + bdl_damping <= bdl_eps); bdl_damping > 0 bounds it (bilevel/onestep.py).
     config.bilevel.bdl_eps = 1e-12
+    config.bilevel.bdl_damping = 0.0
     # Diagnostics: every N steps (0 = off), the configured hypergradient on the current batch
     # against a reference (implicit_cg, many steps): train/diag_hypergrad_cosine, _norm_ratio,
     # _reference_cg_residual in the metrics.

@@ -171,6 +171,7 @@ def _validate_method_options(config, need):
         need(b.darts_xi > 0, "bilevel.darts_xi", "must be positive")
     if method == "bdl":
         need(b.bdl_eps >= 0, "bilevel.bdl_eps", "must be non-negative")
+        need(b.bdl_damping >= 0, "bilevel.bdl_damping", "must be non-negative")
     need(b.diagnose_every >= 0, "bilevel.diagnose_every", "must be >= 0 (0 = off)")
     if b.diagnose_every:
         need(b.diagnose_cg_steps >= 1, "bilevel.diagnose_cg_steps", "must be at least 1")

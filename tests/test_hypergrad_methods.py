@@ -190,6 +190,36 @@ def test_bdl_closed_form_and_guard(orientation):
 
 
 @pytest.mark.parametrize("orientation", list(ORIENTATIONS))
+def test_damped_bdl_is_bounded_near_the_followers_optimum(orientation):
+    """On the path y0 = y* + t d, t -> 0: undamped, the coefficient grows as 1/t (BDLFusion's
+    form); damped (lambda = 1e-4), the closed form <F_y, f_y> / (|f_y|^2 + lambda) holds,
+    |c| stays under |F_y| / (2 sqrt(lambda)) and the correction vanishes with t (linearly
+    once |f_y|^2 << lambda)."""
+    f, F, x, y0, arr = _quadratic(orientation, seed=18)
+    ystar = _ystar(x, y0, arr)
+    flat_star, unravel = ravel_pytree(ystar)
+    d = np.random.default_rng(0).standard_normal(flat_star.shape)
+    coefs, corrections = {0.0: [], 1e-4: []}, []
+    for t in (1e-1, 1e-3, 1e-5, 1e-7):
+        start = unravel(flat_star + t * d)
+        for lam in coefs:
+            out = hypergradient("bdl", f, F, x, start, arr, arr, inner_optimizer=SGD,
+                                inner_steps=1, bdl_damping=lam)  # fmt: skip
+            coefs[lam].append(abs(float(out.aux["bdl_coef"])))
+            if lam:
+                yk = _closed_form(x, start, arr, 1)[0]
+                fy_outer = arr["C"].T @ (arr["C"] @ yk - arr["d"])
+                fy_inner = arr["A"] @ yk - arr["B"] @ _flat(x) - arr["c"]
+                coef = fy_outer @ fy_inner / (fy_inner @ fy_inner + lam)
+                np.testing.assert_allclose(float(out.aux["bdl_coef"]), coef, rtol=1e-8, atol=1e-9)
+                assert abs(coef) <= np.linalg.norm(fy_outer) / (2 * np.sqrt(lam))
+                corrections.append(np.linalg.norm(_flat(out.grad) - RHO * _flat(x)))
+    assert coefs[0.0][2] > 1e3 * coefs[0.0][0]  # 1/t: unbounded (t = 1e-7 falls under bdl_eps)
+    assert corrections[3] < 1e-3 * corrections[0]  # damped: the correction goes to 0 (as t)
+    assert corrections[3] < 0.1 * corrections[2]
+
+
+@pytest.mark.parametrize("orientation", list(ORIENTATIONS))
 def test_truncated_unroll_closed_form(orientation):
     f, F, x, y0, arr = _quadratic(orientation, seed=17)
     total, k = 12, 3  # 9 undifferentiated steps in lax.scan, 3 differentiated

@@ -69,8 +69,9 @@ Second-order approximations (options are keyword arguments of `hypergradient`):
   (`bilevel.implicit`).
 - "darts": one virtual step of size `darts_xi`, exact or (`darts_fd`) finite-
   difference mixed product (`bilevel.onestep`).
-- "bdl": BDLFusion-style surrogate F_x - <F_y, f_y>/|f_y|^2 grad_x f, a
-  heuristic, guarded by `bdl_eps` (`bilevel.onestep`).
+- "bdl": BDLFusion-style surrogate F_x - <F_y, f_y>/(|f_y|^2 + lambda) grad_x f, a
+  heuristic; unbounded near the follower's optimum with lambda = `bdl_damping` = 0
+  (guarded by `bdl_eps`), bounded with lambda > 0 (`bilevel.onestep`).
 The implicit, darts and bdl methods first take `inner_steps` real inner steps
 (not differentiated) and evaluate at the resulting y_K, which they return.
 "two_stage" is a training schedule, not a hypergradient, and is not here.
@@ -137,7 +138,7 @@ METHOD_OPTIONS: dict[str, tuple[str, ...]] = {
     "implicit_cg": ("inner_steps", "cg_steps", "cg_damping"),
     "implicit_neumann": ("inner_steps", "neumann_steps", "neumann_alpha"),
     "darts": ("inner_steps", "darts_xi", "darts_fd"),
-    "bdl": ("inner_steps", "bdl_eps"),
+    "bdl": ("inner_steps", "bdl_eps", "bdl_damping"),
 }
 
 # Defaults of every option `hypergradient` accepts (the union of METHOD_OPTIONS).
@@ -153,6 +154,7 @@ OPTION_DEFAULTS = {
     "darts_xi": 0.01,
     "darts_fd": False,
     "bdl_eps": 1e-12,
+    "bdl_damping": 0.0,
 }
 
 
@@ -229,8 +231,12 @@ def hypergradient(
         darts_xi: "darts": virtual step size xi (default 0.01).
         darts_fd: "darts": finite-difference mixed product instead of the exact
           one (default False; static).
-        bdl_eps: "bdl": the correction is dropped where |f_y|^2 <= bdl_eps
-          (default 1e-12).
+        bdl_eps: "bdl": the correction is dropped where |f_y|^2 + bdl_damping <=
+          bdl_eps (default 1e-12).
+        bdl_damping: "bdl": Levenberg-Marquardt damping lambda of the Gauss-Newton
+          model, c = <F_y, f_y> / (|f_y|^2 + lambda); 0 (default, BDLFusion's form)
+          is unbounded near the follower's optimum, lambda > 0 bounds |c| by
+          |F_y| / (2 sqrt(lambda)) (`bilevel.onestep`).
 
     Returns:
       Hypergradient(grad, inner_params, inner_opt_state, aux).
