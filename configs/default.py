@@ -91,10 +91,14 @@ def get_config():
     config.bilevel.bdl_damping = 0.0
     # Diagnostics: every N steps (0 = off), the configured hypergradient on the current batch
     # against a reference (implicit_cg, many steps): train/diag_hypergrad_cosine, _norm_ratio,
-    # _reference_cg_residual in the metrics.
+    # _implicit_cosine, _implicit_fraction, _reference_cg_residual, _reference_reliable
+    # (steps.diagnose_step). A reference whose relative CG residual exceeds
+    # diagnose_max_residual (or that met non-positive curvature) is flagged unreliable and
+    # left out of the ablation's medians.
     config.bilevel.diagnose_every = 0
     config.bilevel.diagnose_cg_steps = 16  # <= 16 stays in the fast unrolled loop on CPU
     config.bilevel.diagnose_damping = 1e-3
+    config.bilevel.diagnose_max_residual = 0.1
     # inner = "fusion": inner objective L_fuse + mu * L_seg (segmentation shapes the fusion).
     config.bilevel.mu = 0.1
     # inner = "segmentation": outer objective L_fuse + beta * L_seg (semantic gradients).

@@ -15,9 +15,14 @@ resumes on its own). Then the workdir gets:
   3D case, mean over cases), the fusion metrics of its held-out fused images
   (`mmif` convention, mean over images; none for feature-level baselines),
   median step time (ms; compilation and diagnostics excluded) and its ratio to
-  `joint`, the compiled step's memory (XLA's estimate per device), and the
-  median cosine of its hypergradient with a reference CG hypergradient
-  (`bilevel.diagnose_every`; bi-level runs only);
+  `joint`, the compiled step's memory (XLA's estimate per device), and, from
+  the hypergradient diagnostics (`bilevel.diagnose_every`; bi-level runs only),
+  medians over the diagnostics whose reference converged (steps.diagnose_step:
+  relative CG residual at most `bilevel.diagnose_max_residual`, no non-positive
+  curvature) of the cosine with the reference hypergradient, the cosine of the
+  implicit parts (estimate - F_x) and the implicit fraction |estimate - F_x| /
+  |estimate| of the method and of the reference, the median residual of all
+  references, and how many diagnostics were reliable out of how many;
 - `curves.png`: training curves (segmentation and fusion loss) of every run.
 Rerunning resumes: finished runs are read back, unfinished ones continue from
 their latest checkpoint.
@@ -49,6 +54,12 @@ COLUMNS = [
     "step_vs_joint",
     "step_memory_mib",
     "hypergrad_cosine",
+    "implicit_cosine",
+    "implicit_fraction",
+    "reference_implicit_fraction",
+    "reference_residual",
+    "diagnostics_reliable",
+    "diagnostics",
 ]
 
 
@@ -94,11 +105,16 @@ def _summarise(name, method, inner, run_dir) -> dict:
     fusion = results.get("fusion_metrics") or {}
     rates = [r["train/steps_per_second"] for r in rows if r.get("train/steps_per_second")]
     memory = results.get("step_memory_bytes")
-    cosines = [
-        r["train/diag_hypergrad_cosine"]
-        for r in read_jsonl(os.path.join(run_dir, "metrics.jsonl"))
+    diagnostics = [
+        r for r in read_jsonl(os.path.join(run_dir, "metrics.jsonl"))
         if "train/diag_hypergrad_cosine" in r
-    ]
+    ]  # fmt: skip
+    reliable = [r for r in diagnostics if r.get("train/diag_reference_reliable", 1.0) > 0.5]
+
+    def median(key, rows=reliable):
+        values = [r[f"train/diag_{key}"] for r in rows if f"train/diag_{key}" in r]
+        return float(np.median(values)) if values else float("nan")
+
     return {
         "run": name,
         "method": method,
@@ -109,8 +125,14 @@ def _summarise(name, method, inner, run_dir) -> dict:
         "loss_fuse": rows[-1].get("train/loss_fuse", float("nan")),
         "step_ms": 1e3 / float(np.median(rates)) if rates else float("nan"),
         "step_memory_mib": memory / 2**20 if memory else float("nan"),
-        # median over the run of the cosine with the reference CG hypergradient
-        "hypergrad_cosine": float(np.median(cosines)) if cosines else float("nan"),
+        # medians over the run's reliable diagnostics (module docstring)
+        "hypergrad_cosine": median("hypergrad_cosine"),
+        "implicit_cosine": median("implicit_cosine"),
+        "implicit_fraction": median("implicit_fraction"),
+        "reference_implicit_fraction": median("reference_implicit_fraction"),
+        "reference_residual": median("reference_cg_residual", diagnostics),
+        "diagnostics_reliable": len(reliable) if diagnostics else float("nan"),
+        "diagnostics": len(diagnostics) if diagnostics else float("nan"),
         "curve": [
             (r["step"], r["train/loss_seg"], r.get("train/loss_fuse", float("nan"))) for r in rows
         ],
@@ -183,6 +205,12 @@ def markdown_table(summaries) -> str:
         ("vs joint", "step_vs_joint", ".2f"),
         ("step memory MiB", "step_memory_mib", ".1f"),
         ("hypergrad cosine", "hypergrad_cosine", ".4f"),
+        ("implicit cosine", "implicit_cosine", ".3f"),
+        ("implicit fraction", "implicit_fraction", ".3g"),
+        ("reference implicit fraction", "reference_implicit_fraction", ".3g"),
+        ("reference residual", "reference_residual", ".3g"),
+        ("reliable diagnostics", "diagnostics_reliable", ".0f"),
+        ("diagnostics", "diagnostics", ".0f"),
     ]
     columns = [c for c in columns if c[2] is None or any(np.isfinite(s[c[1]]) for s in summaries)]
     lines = ["| " + " | ".join(c[0] for c in columns) + " |", "|" + " --- |" * len(columns)]

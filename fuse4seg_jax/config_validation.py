@@ -176,6 +176,7 @@ def _validate_method_options(config, need):
     if b.diagnose_every:
         need(b.diagnose_cg_steps >= 1, "bilevel.diagnose_cg_steps", "must be at least 1")
         need(b.diagnose_damping >= 0, "bilevel.diagnose_damping", "must be non-negative")
+        need(b.diagnose_max_residual > 0, "bilevel.diagnose_max_residual", "must be positive")
     for key in ("mu", "beta"):
         need(b[key] >= 0, f"bilevel.{key}", "must be non-negative")
 

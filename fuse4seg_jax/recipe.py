@@ -120,7 +120,8 @@ def _bilevel(kind, config, fusion_model, seg_model) -> Recipe:
     )
     reference = bilevel.method_options("implicit_cg", b)
     reference |= {"cg_steps": b.diagnose_cg_steps, "cg_damping": b.diagnose_damping}
-    diagnose = partial(steps.diagnose_step, objs=objs, coupling=coupling, reference=reference)
+    diagnose = partial(steps.diagnose_step, objs=objs, coupling=coupling, reference=reference,
+                       max_residual=b.diagnose_max_residual)  # fmt: skip
     inits = {"outer": outer_tx.init, "inner": coupling.inner_opt.init}
     roles = ("inner", "outer") if b.inner == "fusion" else ("outer", "inner")
     return Recipe(

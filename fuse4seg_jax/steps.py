@@ -74,22 +74,50 @@ def split_batch(batch: dict, how: str):
     return {k: v[:, 0] for k, v in pairs.items()}, {k: v[:, 1] for k, v in pairs.items()}
 
 
-def diagnose_step(state: TrainState, batch: dict, *, objs, coupling: Coupling, reference):
+def _flat32(tree):
+    return jnp.concatenate([jnp.ravel(x).astype(jnp.float32) for x in jax.tree.leaves(tree)])
+
+
+def _cosine(a, b):
+    return jnp.dot(a, b) / jnp.maximum(jnp.linalg.norm(a) * jnp.linalg.norm(b), 1e-30)
+
+
+def diagnose_step(state: TrainState, batch: dict, *, objs, coupling: Coupling, reference,
+                  max_residual: float):  # fmt: skip
     """The configured hypergradient against a high-accuracy reference on this batch.
 
     reference: the options of implicit_cg used as the reference (many CG steps, some
-    damping), at the same inner point. Returns cosine similarity, norm ratio (method /
-    reference) and the reference's relative CG residual. Nothing is updated.
+    damping), at the same inner point y_K. F_x (first_order at y_K) splits every estimate
+    into F_x and its implicit part (estimate - F_x). Returns:
+    - hypergrad_cosine, hypergrad_norm_ratio: the whole estimate against the reference;
+    - implicit_cosine: the implicit parts against each other (the whole can agree through
+      F_x alone when the implicit part is small);
+    - implicit_fraction, reference_implicit_fraction: |implicit part| / |estimate| of the
+      method and of the reference;
+    - reference_cg_residual, reference_min_curvature: the reference's relative CG residual
+      and least curvature seen; reference_reliable: 1.0 when the residual is at most
+      `max_residual` and no curvature was non-positive, else 0.0 (an unconverged
+      reference judges nothing: summaries leave such diagnostics out).
+    Nothing is updated.
     """
     method = coupling.hypergradient(objs, state, batch)
     ref = coupling.hypergradient(objs, state, batch, "implicit_cg", reference)
-    a = jnp.concatenate([jnp.ravel(x).astype(jnp.float32) for x in jax.tree.leaves(method.grad)])
-    b = jnp.concatenate([jnp.ravel(x).astype(jnp.float32) for x in jax.tree.leaves(ref.grad)])
+    plain = coupling.hypergradient(
+        objs, state, batch, "first_order", {"inner_steps": reference["inner_steps"]}
+    )
+    a, b, fx = _flat32(method.grad), _flat32(ref.grad), _flat32(plain.grad)
     norm_a, norm_b = jnp.linalg.norm(a), jnp.linalg.norm(b)
+    residual, curvature = ref.aux["cg_residual"], ref.aux["cg_min_curvature"]
+    reliable = (residual <= max_residual) & (curvature > 0)
     return {
-        "hypergrad_cosine": jnp.dot(a, b) / jnp.maximum(norm_a * norm_b, 1e-30),
+        "hypergrad_cosine": _cosine(a, b),
         "hypergrad_norm_ratio": norm_a / jnp.maximum(norm_b, 1e-30),
-        "reference_cg_residual": ref.aux["cg_residual"],
+        "implicit_cosine": _cosine(a - fx, b - fx),
+        "implicit_fraction": jnp.linalg.norm(a - fx) / jnp.maximum(norm_a, 1e-30),
+        "reference_implicit_fraction": jnp.linalg.norm(b - fx) / jnp.maximum(norm_b, 1e-30),
+        "reference_cg_residual": residual,
+        "reference_min_curvature": curvature,
+        "reference_reliable": reliable.astype(jnp.float32),
     }
 
 

@@ -22,7 +22,8 @@ def _config(tmp_path):
     config.train.num_steps, config.train.log_every = 4, 2
     config.train.eval_every, config.train.checkpoint_every = 100, 0
     config.bilevel.diagnose_every = 2
-    config.bilevel.diagnose_cg_steps = 4  # a short reference CG compiles quickly
+    config.bilevel.diagnose_cg_steps = 4  # a short reference CG compiles quickly,
+    config.bilevel.diagnose_damping = 10.0  # and converges on this heavily damped system
     config.ablation.methods = ("joint", "unrolled")
     config.ablation.baselines = ("classical:max", "early_fusion")
     return config
@@ -44,9 +45,12 @@ def test_ablation_writes_table_csv_and_curves_and_resumes(tmp_path):
     assert float(rows[1]["step_ms"]) > 0 and float(rows[1]["step_memory_mib"]) > 0
     assert all(0.0 <= float(r["dice_wt"]) <= 1.0 for r in rows)
     assert -1.0 <= float(rows[1]["hypergrad_cosine"]) <= 1.0 + 1e-6
+    assert (rows[1]["diagnostics"], rows[1]["diagnostics_reliable"]) == ("2", "2")
+    assert float(rows[1]["reference_residual"]) <= config.bilevel.diagnose_max_residual
+    assert float(rows[1]["implicit_fraction"]) >= 0 and rows[2]["diagnostics"] == "nan"
     table = (work / "results.md").read_text()
     assert table.count("\n") == 6 and "| unrolled-fusion |" in table and "| early_fusion |" in table
-    assert all(line.count("|") == 20 for line in table.splitlines())  # 19 columns
+    assert all(line.count("|") == 26 for line in table.splitlines())  # 25 columns
     assert (work / "curves.png").read_bytes()[:4] == b"\x89PNG"
     # a rerun reads the finished runs back instead of training them again
     metrics = work / "joint-fusion" / "metrics.jsonl"
