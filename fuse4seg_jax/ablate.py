@@ -10,8 +10,13 @@ Runs, in order:
   `<workdir>/<baseline>/`: "two_stage", "early_fusion", "dual_encoder",
   "classical:<mean|max|pca|laplacian>", "single:<modality>".
 Each is an ordinary `trainer.train_and_evaluate` run (so it checkpoints and
-resumes on its own). Then the workdir gets:
-- `results.csv` and `results.md`: per run, held-out Dice per region (per
+resumes on its own), once per seed of `config.ablation.seeds` (`config.seed` set to it:
+the networks' initialisation and the data order, and for the phantom the generated
+cases; every run of a seed sees the same data). With one seed a run's folder is
+`<workdir>/<run>/`, with several `<workdir>/<run>-seed<s>/`. Then the workdir gets:
+- `results.csv` (one row per run and seed) and `results.md` (one row per run: the
+  mean ± standard deviation over the seeds, ddof 0, and the number of seeds): held-out
+  Dice per region (per
   3D case, mean over cases), the fusion metrics of its held-out fused images
   (`mmif` convention, mean over images; none for feature-level baselines),
   median step time (ms; compilation and diagnostics excluded) and its ratio to
@@ -46,6 +51,7 @@ COLUMNS = [
     "run",
     "method",
     "inner",
+    "seed",
     *[f"dice_{r}" for r in REGION_NAMES],
     *FUSION_COLUMNS,
     "loss_seg",
@@ -139,14 +145,25 @@ def _summarise(name, method, inner, run_dir) -> dict:
     }
 
 
-def run_configs(config) -> list[tuple[str, str, str, object]]:
-    """(name, method, inner, the run's config) of every planned run, each validated, so a
-    bad run stops the ablation before the first run starts (ConfigError naming the key)."""
+def seeds(config) -> tuple[int, ...]:
+    """config.ablation.seeds (default: config.seed alone); ConfigError if empty or repeated."""
+    from fuse4seg_jax.config_validation import ConfigError
+
+    chosen = tuple(int(s) for s in config.ablation.get("seeds", (config.seed,)))
+    if not chosen or len(set(chosen)) != len(chosen):
+        raise ConfigError(f"ablation.seeds={chosen}: give one or more distinct seeds")
+    return chosen
+
+
+def run_configs(config) -> list[tuple[str, str, str, int, object]]:
+    """(folder name, method, inner, seed, the run's config) of every planned run and seed,
+    each validated, so a bad run stops the ablation before the first run starts
+    (ConfigError naming the key)."""
     import jax
 
     from fuse4seg_jax.config_validation import ConfigError, validate
 
-    runs = []
+    runs, chosen = [], seeds(config)
     for name, method, inner, model in planned_runs(config):
         run_config = copy.deepcopy(config)
         if model:
@@ -157,8 +174,31 @@ def run_configs(config) -> list[tuple[str, str, str, object]]:
             validate(run_config, config.mesh.num_devices or jax.device_count())
         except ConfigError as e:
             raise ConfigError(f"ablation run {name}: {e}") from None
-        runs.append((name, method, inner, run_config))
+        for seed in chosen:
+            seeded = copy.deepcopy(run_config)
+            seeded.seed = seed
+            folder = name if len(chosen) == 1 else f"{name}-seed{seed}"
+            runs.append((folder, method, inner, seed, seeded))
     return runs
+
+
+def aggregate(summaries) -> list[dict]:
+    """One row per run (in table order): the mean over its seeds of every numeric column,
+    with `<column>_sd` (population standard deviation) and `seeds` (how many)."""
+    by_run = {}
+    for s in summaries:
+        by_run.setdefault(s["run"], []).append(s)
+    rows = []
+    for group in by_run.values():
+        row = {k: group[0][k] for k in ("run", "method", "inner", "curve")}
+        row["seeds"] = len(group)
+        for key in COLUMNS[4:]:  # the numeric columns
+            values = np.asarray([g.get(key, np.nan) for g in group], np.float64)
+            finite = values[np.isfinite(values)]
+            row[key] = float(finite.mean()) if finite.size else float("nan")
+            row[f"{key}_sd"] = float(finite.std()) if finite.size > 1 else float("nan")
+        rows.append(row)
+    return rows
 
 
 def run_ablation(config, workdir: str) -> list[dict]:
@@ -168,19 +208,23 @@ def run_ablation(config, workdir: str) -> list[dict]:
 
     summaries = []
     runs = run_configs(config)
-    for i, (name, method, inner, run_config) in enumerate(runs, 1):
-        run_dir = os.path.join(workdir, name)
+    for i, (folder, method, inner, seed, run_config) in enumerate(runs, 1):
+        run_dir = os.path.join(workdir, folder)
         if _finished(run_dir, config.train.num_steps):
-            log(f"== [{i}/{len(runs)}] {name}: finished earlier, reading {run_dir}")
+            log(f"== [{i}/{len(runs)}] {folder}: finished earlier, reading {run_dir}")
         else:
-            log(f"== [{i}/{len(runs)}] {name}: training in {run_dir}")
+            log(f"== [{i}/{len(runs)}] {folder}: training in {run_dir}")
             trainer.train_and_evaluate(run_config, run_dir)
-        summaries.append(_summarise(name, method, inner, run_dir))
-    joint = {s["inner"]: s["step_ms"] for s in summaries if s["method"] == "joint"}
-    reference = joint.get("fusion", next(iter(joint.values()), np.nan))
-    for s in summaries:  # baselines are compared with the default orientation's joint step
-        s["step_vs_joint"] = s["step_ms"] / joint.get(s["inner"], reference)
+        name = folder.removesuffix(f"-seed{seed}")
+        summaries.append(_summarise(name, method, inner, run_dir) | {"seed": seed})
+    for seed in seeds(config):  # each is compared with the same seed's joint step
+        same = [s for s in summaries if s["seed"] == seed]
+        joint = {s["inner"]: s["step_ms"] for s in same if s["method"] == "joint"}
+        reference = joint.get("fusion", next(iter(joint.values()), np.nan))
+        for s in same:  # baselines: the default orientation's joint step
+            s["step_vs_joint"] = s["step_ms"] / joint.get(s["inner"], reference)
     atomic_files.write_csv(os.path.join(workdir, "results.csv"), summaries, COLUMNS)
+    summaries = aggregate(summaries)
     table = markdown_table(summaries)
     atomic_files.write_text(os.path.join(workdir, "results.md"), table + "\n")
     _plot_curves(os.path.join(workdir, "curves.png"), summaries)
@@ -188,15 +232,21 @@ def run_ablation(config, workdir: str) -> list[dict]:
     return summaries
 
 
-def _cell(value, fmt):
-    return "-" if value is None or not np.isfinite(value) else format(value, fmt)
+def _cell(value, fmt, sd=None):
+    if value is None or not np.isfinite(value):
+        return "-"
+    if sd is None or not np.isfinite(sd):
+        return format(value, fmt)
+    return f"{format(value, fmt)} ± {format(sd, fmt)}"
 
 
 def markdown_table(summaries) -> str:
-    """One row per run; columns without a value in any run (e.g. fusion metrics of a
-    comparison of feature-level models only) are left out."""
+    """One row per run of `aggregate`'s rows (mean ± sd over seeds when there are several);
+    columns without a value in any run (e.g. fusion metrics of a comparison of
+    feature-level models only) are left out."""
     columns = [
         ("run", "run", None),
+        ("seeds", "seeds", ".0f"),
         *[(f"Dice {r.upper()}", f"dice_{r}", ".3f") for r in REGION_NAMES],
         *[(k, k, ".3f") for k in FUSION_COLUMNS],
         ("loss_seg", "loss_seg", ".4f"),
@@ -215,7 +265,8 @@ def markdown_table(summaries) -> str:
     columns = [c for c in columns if c[2] is None or any(np.isfinite(s[c[1]]) for s in summaries)]
     lines = ["| " + " | ".join(c[0] for c in columns) + " |", "|" + " --- |" * len(columns)]
     for s in summaries:
-        cells = [s[key] if fmt is None else _cell(s[key], fmt) for _, key, fmt in columns]
+        cells = [s[key] if fmt is None else _cell(s[key], fmt, s.get(f"{key}_sd"))
+                 for _, key, fmt in columns]  # fmt: skip
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

@@ -7,6 +7,7 @@ import pytest
 
 from configs import ablation
 from fuse4seg_jax import ablate
+from fuse4seg_jax.config_validation import ConfigError
 
 pytestmark = pytest.mark.slow  # trains and evaluates every ablation arm (about a minute)
 
@@ -25,6 +26,7 @@ def _config(tmp_path):
     config.bilevel.diagnose_cg_steps = 4  # a short reference CG compiles quickly,
     config.bilevel.diagnose_damping = 10.0  # and converges on this heavily damped system
     config.ablation.methods = ("joint", "unrolled")
+    config.ablation.seeds = (0,)
     config.ablation.baselines = ("classical:max", "early_fusion")
     return config
 
@@ -50,7 +52,7 @@ def test_ablation_writes_table_csv_and_curves_and_resumes(tmp_path):
     assert float(rows[1]["implicit_fraction"]) >= 0 and rows[2]["diagnostics"] == "nan"
     table = (work / "results.md").read_text()
     assert table.count("\n") == 6 and "| unrolled-fusion |" in table and "| early_fusion |" in table
-    assert all(line.count("|") == 26 for line in table.splitlines())  # 25 columns
+    assert all(line.count("|") == 27 for line in table.splitlines())  # 26 columns
     assert (work / "curves.png").read_bytes()[:4] == b"\x89PNG"
     # a rerun reads the finished runs back instead of training them again
     metrics = work / "joint-fusion" / "metrics.jsonl"
@@ -58,3 +60,32 @@ def test_ablation_writes_table_csv_and_curves_and_resumes(tmp_path):
     again = ablate.run_ablation(config, str(work))
     assert os.stat(metrics).st_mtime_ns == before
     assert [s["dice_et"] for s in again] == [s["dice_et"] for s in summaries]
+
+
+def test_every_run_is_planned_once_per_seed(tmp_path):
+    config = _config(tmp_path)
+    config.ablation.seeds = (0, 5)
+    runs = ablate.run_configs(config)
+    assert [(folder, seed) for folder, _, _, seed, _ in runs[:2]] == [
+        ("joint-fusion-seed0", 0), ("joint-fusion-seed5", 5)
+    ]  # fmt: skip
+    assert len(runs) == 8 and all(run.seed == seed for *_, seed, run in runs)
+    a, b = runs[0][4].to_dict(), runs[1][4].to_dict()
+    assert {k for k in a if a[k] != b[k]} == {"seed"}
+    config.ablation.seeds = (1, 1)
+    with pytest.raises(ConfigError, match=r"ablation.seeds=\(1, 1\): give one or more"):
+        ablate.run_configs(config)
+
+
+def test_seeds_are_reported_as_mean_and_sd():
+    """Two seeds of one run: the table shows mean ± population sd and the seed count."""
+    rows = [
+        {"run": "unrolled-fusion", "method": "unrolled", "inner": "fusion", "seed": seed,
+         "curve": [], "dice_wt": dice, "step_ms": ms, "step_vs_joint": 1.0}
+        for seed, dice, ms in ((0, 0.90, 100.0), (1, 0.80, 300.0))
+    ]  # fmt: skip
+    (row,) = ablate.aggregate(rows)
+    assert row["seeds"] == 2 and row["dice_wt"] == pytest.approx(0.85)
+    assert row["dice_wt_sd"] == pytest.approx(0.05) and row["step_ms_sd"] == pytest.approx(100)
+    table = ablate.markdown_table([row])
+    assert "| unrolled-fusion | 2 | 0.850 ± 0.050 |" in table and "| 200 ± 100 |" in table
