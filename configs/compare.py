@@ -11,6 +11,12 @@ each run's held-out fused images; `curves.png` the training curves.
 
 400 steps per run (the ablation's budget); timing on 2 CPU cores in the README.
 For BraTS, override data.* as in configs/brats_fuse.py.
+
+Fair by construction: every network learns from all 16 images of every step in every
+kind (bilevel.batch_split = "same": both levels of the bi-level step see the whole batch,
+where "halves" would give each 8; tests/test_fairness.py checks which images reach which
+network), and the follower gets the same warm-up, schedule and gradient clipping as every
+optax-trained network (bilevel.inner_schedule = "outer").
 """
 
 import ml_collections
@@ -24,6 +30,8 @@ def get_config():
     config.train.eval_every = 400
     config.train.checkpoint_every = 200
     config.train.log_every = 50
+    config.bilevel.batch_split = "same"  # 16 images per network per step, as the baselines
+    config.bilevel.inner_schedule = "outer"  # the follower gets the outer recipe too
     config.ablation = ml_collections.ConfigDict()
     config.ablation.methods = ("unrolled", "joint")
     config.ablation.inners = ("fusion",)

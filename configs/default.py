@@ -66,6 +66,9 @@ def get_config():
     config.bilevel.inner_steps = 1
     config.bilevel.inner_optimizer = "adam"  # differentiable: sgd | adam (eps inside the sqrt)
     config.bilevel.inner_lr = 1e-3
+    # constant: inner_lr throughout, no clipping; outer: the outer optimiser's warm-up,
+    # schedule and clipping (config.optim) with peak inner_lr, counted in inner steps.
+    config.bilevel.inner_schedule = "constant"
     config.bilevel.inner_momentum = 0.0  # sgd only
     config.bilevel.second_order = (
         "fwd_rev"  # fwd_rev (fast) | grad (reference jax.grad composition)

@@ -155,6 +155,11 @@ def _validate_method_options(config, need):
         f"expected one of {bilevel.INNER_OPTIMIZERS}",
     )
     need(0 <= b.inner_momentum < 1, "bilevel.inner_momentum", "must be in [0, 1)")
+    need(
+        b.inner_schedule in ("constant", "outer"),
+        "bilevel.inner_schedule",
+        "must be constant or outer",
+    )
     if method == "unrolled":
         need(
             b.truncate_steps == 0 or b.truncate_steps >= b.inner_steps,

@@ -115,7 +115,7 @@ def _bilevel(kind, config, fusion_model, seg_model) -> Recipe:
         inner=b.inner,
         method=b.method,
         options=bilevel.method_options(b.method, b),
-        inner_opt=optimizers.inner(b),
+        inner_opt=optimizers.inner(b, config.optim, config.train.num_steps),
         batch_split=b.batch_split,
     )
     reference = bilevel.method_options("implicit_cg", b)

@@ -14,7 +14,10 @@ The state is a dict of jnp arrays only (so it can be checkpointed and carried
 through `lax.scan`). Every state has an int32 scalar "count" of the steps
 taken; it is not differentiable and `bilevel` leaves it out of the reverse
 pass. Hyperparameters are Python constants bound at construction (they are not
-differentiated).
+differentiated). The learning rate is a constant or a schedule, a function of that
+count (e.g. an optax schedule: lr(count) for the step count + 1 being taken), and the
+gradient may be clipped to a global norm first (`clip_norm` > 0): g * min(1, c / |g|),
+with |g| computed safely at g = 0 (no NaN in its derivative).
 
 Arithmetic is done in each parameter leaf's own dtype (float32 or float64); no
 downcasting.
@@ -38,12 +41,30 @@ def _zeros_like(tree):
     return jax.tree.map(jnp.zeros_like, tree)
 
 
-def sgd(learning_rate: float, momentum: float = 0.0) -> InnerOptimizer:
+def _rate(learning_rate):
+    """count (int32, steps taken before this one) -> the step's learning rate."""
+    if callable(learning_rate):
+        return learning_rate
+    lr = float(learning_rate)
+    return lambda count: lr
+
+
+def _clip(grads, clip_norm: float):
+    """grads scaled to global norm at most clip_norm (0: unchanged)."""
+    if not clip_norm:
+        return grads
+    sumsq = sum(jnp.sum(jnp.square(g)) for g in jax.tree.leaves(grads))
+    safe = jnp.sqrt(jnp.where(sumsq > 0, sumsq, 1.0))  # finite derivative at g = 0
+    scale = jnp.where(safe > clip_norm, clip_norm / safe, 1.0)
+    return jax.tree.map(lambda g: g * scale.astype(g.dtype), grads)
+
+
+def sgd(learning_rate, momentum: float = 0.0, clip_norm: float = 0.0) -> InnerOptimizer:
     """(Heavy-ball) SGD: v <- momentum v + g; y <- y - lr v (plain SGD when momentum = 0).
 
     State: {"count": int32 scalar} plus {"velocity": tree like params} if momentum != 0.
     """
-    lr, mu = float(learning_rate), float(momentum)
+    rate, mu = _rate(learning_rate), float(momentum)
 
     def init(params):
         state = {"count": jnp.zeros((), jnp.int32)}
@@ -52,20 +73,22 @@ def sgd(learning_rate: float, momentum: float = 0.0) -> InnerOptimizer:
         return state
 
     def update(grads, state, params):
+        grads = _clip(grads, clip_norm)
+        lr = rate(state["count"])
         new_state = {"count": state["count"] + 1}
         if mu:
             step = jax.tree.map(lambda v, g: mu * v + g, state["velocity"], grads)
             new_state["velocity"] = step
         else:
             step = grads
-        new_params = jax.tree.map(lambda p, s: p - lr * s, params, step)
+        new_params = jax.tree.map(lambda p, s: p - jnp.asarray(lr, p.dtype) * s, params, step)
         return new_params, new_state
 
     return InnerOptimizer(init, update)
 
 
 def adam(
-    learning_rate: float, b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8
+    learning_rate, b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8, clip_norm: float = 0.0
 ) -> InnerOptimizer:
     """Adam with eps inside the square root: y <- y - lr m_hat / sqrt(v_hat + eps^2).
 
@@ -73,7 +96,7 @@ def adam(
     infinite derivative there). Bias correction uses the int32 step count in the state.
     State: {"count": int32 scalar, "mu": tree like params, "nu": tree like params}.
     """
-    lr, b1, b2, eps2 = float(learning_rate), float(b1), float(b2), float(eps) ** 2
+    rate, b1, b2, eps2 = _rate(learning_rate), float(b1), float(b2), float(eps) ** 2
 
     def init(params):
         return {
@@ -83,6 +106,8 @@ def adam(
         }
 
     def update(grads, state, params):
+        grads = _clip(grads, clip_norm)
+        lr = rate(state["count"])
         count = state["count"] + 1
         mu = jax.tree.map(lambda m, g: b1 * m + (1.0 - b1) * g, state["mu"], grads)
         nu = jax.tree.map(lambda v, g: b2 * v + (1.0 - b2) * g * g, state["nu"], grads)
@@ -91,7 +116,7 @@ def adam(
             t = count.astype(p.dtype)
             m_hat = m / (1.0 - b1**t)
             v_hat = v / (1.0 - b2**t)
-            return p - lr * m_hat / jnp.sqrt(v_hat + eps2)
+            return p - jnp.asarray(lr, p.dtype) * m_hat / jnp.sqrt(v_hat + eps2)
 
         new_params = jax.tree.map(leaf, params, mu, nu)
         return new_params, {"count": count, "mu": mu, "nu": nu}
@@ -108,8 +133,10 @@ def make_inner_optimizer(name: str, learning_rate: float, **kwargs) -> InnerOpti
 
     Args:
       name: "sgd" (kwargs: momentum=0.0) or "adam" (kwargs: b1=0.9, b2=0.999, eps=1e-8).
-      learning_rate: a Python float (constant step size; not differentiated).
-      **kwargs: optimiser hyperparameters, see above.
+      learning_rate: a Python float (constant step size) or a schedule, count -> step
+        size (count: the int32 number of steps taken before this one); not differentiated.
+      **kwargs: optimiser hyperparameters, see above, and clip_norm (both; 0.0: off):
+        the gradient is first scaled to global norm at most clip_norm.
 
     Raises:
       ValueError: unknown name.
