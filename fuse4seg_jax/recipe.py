@@ -121,7 +121,8 @@ def _bilevel(kind, config, fusion_model, seg_model) -> Recipe:
     reference = bilevel.method_options("implicit_cg", b)
     reference |= {"cg_steps": b.diagnose_cg_steps, "cg_damping": b.diagnose_damping}
     diagnose = partial(steps.diagnose_step, objs=objs, coupling=coupling, reference=reference,
-                       max_residual=b.diagnose_max_residual)  # fmt: skip
+                       max_residual=b.get("diagnose_max_residual", 0.1))  # fmt: skip
+    # (.get: configs saved by runs older than the key, which predict rebuilds from)
     inits = {"outer": outer_tx.init, "inner": coupling.inner_opt.init}
     roles = ("inner", "outer") if b.inner == "fusion" else ("outer", "inner")
     return Recipe(

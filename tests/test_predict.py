@@ -3,7 +3,9 @@ outputs against the input's geometry and the model, the CLI's overwrite and erro
 predicting from the run alone (saved config, best checkpoint), the layouts, test-time
 flips, probabilities, orientation and spacing, and the preview."""
 
+import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -451,6 +453,15 @@ def test_predicting_from_the_run_alone_equals_predicting_with_its_config(run, ca
     assert str(e.value) == (
         f"{bare / 'config.json'}: no such file: the run's config is needed (or pass --config)"
     )
+    # a run saved before the newer bilevel keys existed still predicts from its config.json
+    older = tmp_path / "older"
+    shutil.copytree(workdir, older)
+    saved = json.loads((older / "config.json").read_text())
+    for key in ("inner_schedule", "bdl_damping", "diagnose_max_residual"):
+        del saved["bilevel"][key]
+    (older / "config.json").write_text(json.dumps(saved))
+    case_prediction.predict(None, older, case_dir, tmp_path / "older_out", **quiet)
+    assert _snapshot(tmp_path / "older_out") == alone
     (bare / "config.json").write_text('{"data": {"name": "phant')
     with pytest.raises(ConfigError, match=r"config.json: cannot be read as JSON: JSONDecodeError"):
         workdirs.saved_config(bare)
