@@ -47,6 +47,9 @@ def get_config():
     config.model.classical = "laplacian"  # kind=classical: mean | max | pca | laplacian
     config.model.single_modality = "flair"  # kind=single: one of data.modalities
     config.model.fusion = "fusion_small"  # see fuse4seg_jax/models/__init__.py
+    # How the fusion net merges modalities: symmetric ([mean, max], any order or count) |
+    # ordered (per-modality weights, signed combinations; models/fusion.py).
+    config.model.fusion_merge = "symmetric"
     config.model.segmentation = "unet_small"  # "none" switches the segmentation side off
     config.model.compute_dtype = "float32"  # "bfloat16" on GPU/TPU: mixed precision
     config.model.seg_mode = "softmax"  # "softmax" (4 classes) or "regions" (WT/TC/ET sigmoids)

@@ -5,6 +5,7 @@ import jax
 from fuse4seg_jax import bilevel, classical, objectives, optimizers, recipe, steps
 from fuse4seg_jax.data import sources
 from fuse4seg_jax.data.brats import MODALITIES
+from fuse4seg_jax.models.fusion import MERGES
 
 
 class ConfigError(ValueError):
@@ -66,6 +67,8 @@ def validate(config, num_devices: int):
     one_of("bilevel.batch_split", steps.BATCH_SPLITS)
     one_of("bilevel.second_order", bilevel.SECOND_ORDER)
     one_of("model.compute_dtype", recipe.COMPUTE_DTYPES)
+    one_of("model.fusion_merge", MERGES)
+    one_of("bilevel.inner_schedule", optimizers.INNER_SCHEDULES)
     need(
         config.model.seg_mode in ("softmax", "regions"),
         "model.seg_mode",
@@ -155,11 +158,6 @@ def _validate_method_options(config, need):
         f"expected one of {bilevel.INNER_OPTIMIZERS}",
     )
     need(0 <= b.inner_momentum < 1, "bilevel.inner_momentum", "must be in [0, 1)")
-    need(
-        b.inner_schedule in ("constant", "outer"),
-        "bilevel.inner_schedule",
-        "must be constant or outer",
-    )
     if method == "unrolled":
         need(
             b.truncate_steps == 0 or b.truncate_steps >= b.inner_steps,

@@ -44,7 +44,7 @@ PROB_KEYS = ("pred", "fused", "probs")  # ... and with the per-class probabiliti
 ALL_KEYS = PROB_KEYS
 # Config keys that decide the networks and what they compute; a checkpoint restored under
 # different values would be wrong or fail to restore (compute_dtype may differ).
-_MODEL_KEYS = ("kind", "fusion", "segmentation", "seg_mode")
+_MODEL_KEYS = ("kind", "fusion", "fusion_merge", "segmentation", "seg_mode")
 
 
 def _devices_for(batch_size: int) -> int:

@@ -98,7 +98,9 @@ def build(config) -> Recipe:
     dtype = COMPUTE_DTYPES[config.model.compute_dtype]
     fusion_model = None
     if kind in TRAINED_FUSION:
-        fusion_model = get_fusion_model(config.model.fusion, dtype=dtype)
+        fusion_model = get_fusion_model(
+            config.model.fusion, dtype=dtype, merge=config.model.get("fusion_merge", "symmetric")
+        )  # (.get: configs saved by runs older than the key)
     seg_model = None
     if kind != "fusion_only":
         num_out = 4 if config.model.seg_mode == "softmax" else 3

@@ -459,6 +459,7 @@ def test_predicting_from_the_run_alone_equals_predicting_with_its_config(run, ca
     saved = json.loads((older / "config.json").read_text())
     for key in ("inner_schedule", "bdl_damping", "diagnose_max_residual"):
         del saved["bilevel"][key]
+    del saved["model"]["fusion_merge"]
     (older / "config.json").write_text(json.dumps(saved))
     case_prediction.predict(None, older, case_dir, tmp_path / "older_out", **quiet)
     assert _snapshot(tmp_path / "older_out") == alone

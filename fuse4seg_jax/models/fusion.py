@@ -1,7 +1,7 @@
 """The frequency-decoupled fusion network F_theta (METHOD.md section 3).
 
-Input: co-registered sources (B, H, W, M) in [0, 1], any M >= 1 (the model
-has no M-dependent parameters). Output: one fused image (B, H, W, 1) float32
+Input: co-registered sources (B, H, W, M) in [0, 1], any M >= 1 (with the default
+merge the model has no M-dependent parameters). Output: one fused image (B, H, W, 1) float32
 in [0, 1].
 
 Architecture (our design; the paper's is unpublished):
@@ -14,9 +14,16 @@ Architecture (our design; the paper's is unpublished):
      resolution, for a large receptive field at low cost;
    - high-frequency branch on D_i: `high_depth` conv blocks at full
      resolution.
-3. Merge across modalities with [mean, max] over M (so any M works, and the
-   result does not depend on the order of the modalities), one conv block per
-   branch after merging.
+3. Merge across modalities, one conv block per branch after merging. `merge`:
+   - "symmetric" (default): [mean, max] over M, so any M works and the result does not
+     depend on the order of the modalities, but the network cannot weigh a modality
+     by sign: FLAIR - 0.5 T1ce, the one channel in which every tumour part of the
+     phantom is visible, is out of its reach, and the fusion losses pull it toward
+     max fusion, under which enhancing tumour and oedema look alike;
+   - "ordered": the M modalities' features side by side in the order of
+     data.modalities, so the merge block has weights of its own for each modality and
+     can form signed, modality-specific combinations. Its parameters then depend on
+     M (a checkpoint fits one modality count and order).
 4. The low branch is projected (1x1) and upsampled back with fixed bilinear
    2x steps: a learned transposed conv would add blocky, high-frequency
    artefacts to the branch meant to carry low frequencies.
@@ -44,6 +51,7 @@ from fuse4seg_jax.dtypes import at_least_f32
 from fuse4seg_jax.models.layers import block_for, check_divisible, upsample_bilinear2x
 
 PRIORS = ("mean", "max", "none")
+MERGES = ("symmetric", "ordered")
 
 
 def _fold_modalities(x):
@@ -52,10 +60,13 @@ def _fold_modalities(x):
     return jnp.transpose(x, (0, 3, 1, 2)).reshape(b * m, h, w, 1)
 
 
-def _merge_modalities(x, m):
-    """(B * M, h, w, C) -> (B, h, w, 2C): [mean, max] over the M modalities."""
+def _merge_modalities(x, m, how="symmetric"):
+    """(B * M, h, w, C) -> (B, h, w, 2C) [mean, max] over the M modalities ("symmetric")
+    or (B, h, w, M * C) their features side by side, modality-major ("ordered")."""
     bm, h, w, c = x.shape
     x = x.reshape(bm // m, m, h, w, c)
+    if how == "ordered":
+        return jnp.transpose(x, (0, 2, 3, 1, 4)).reshape(bm // m, h, w, m * c)
     return jnp.concatenate([jnp.mean(x, axis=1), jnp.max(x, axis=1)], axis=-1)
 
 
@@ -73,6 +84,7 @@ class FrequencyFusionNet(nn.Module):
     low_levels: int = 2
     fuse_features: int = 16
     prior: str = "mean"
+    merge: str = "symmetric"  # MERGES (module docstring)
     prior_eps: float = 1e-3
     norm: str = "none"
     activation: str = "leaky_relu"  # layers.ACTIVATIONS
@@ -88,6 +100,8 @@ class FrequencyFusionNet(nn.Module):
             raise ValueError(f"FrequencyFusionNet expects (B, H, W, M), got shape {x.shape}")
         if self.prior not in PRIORS:
             raise ValueError(f"unknown prior {self.prior!r}: expected one of {PRIORS}")
+        if self.merge not in MERGES:
+            raise ValueError(f"unknown merge {self.merge!r}: expected one of {MERGES}")
         _, h, w, m = x.shape
         check_divisible(h, w, 2**self.low_levels, "FrequencyFusionNet")
         x = at_least_f32(x)  # the frequency split is done in >= float32
@@ -99,7 +113,7 @@ class FrequencyFusionNet(nn.Module):
         hi = _fold_modalities(detail).astype(self.dtype)
         for i in range(self.high_depth):
             hi = self._block(self.high_features, name=f"high_{i}")(hi)
-        hi = _merge_modalities(hi, m)
+        hi = _merge_modalities(hi, m, self.merge)
         hi = self._block(self.high_features, name="high_merge")(hi)
 
         # Low-frequency branch: downsample, convs at low resolution, per modality.
@@ -108,7 +122,7 @@ class FrequencyFusionNet(nn.Module):
             lo = self._block(self.low_features, strides=2, name=f"low_down_{i}")(lo)
         for i in range(self.low_depth):
             lo = self._block(self.low_features, name=f"low_{i}")(lo)
-        lo = _merge_modalities(lo, m)
+        lo = _merge_modalities(lo, m, self.merge)
         lo = self._block(self.low_features, name="low_merge")(lo)
         lo = nn.Conv(
             self.fuse_features,
