@@ -20,7 +20,9 @@ cases; every run of a seed sees the same data). With one seed a run's folder is
   3D case, mean over cases), the fusion metrics of its held-out fused images
   (`mmif` convention, mean over images; none for feature-level baselines),
   median step time (ms; compilation and diagnostics excluded) and its ratio to
-  `joint`, the compiled step's memory (XLA's estimate per device), and, from
+  `joint`, the compiled step's memory (XLA's estimate per device), the median over
+  the logged windows of the method's own implicit fraction |estimate - F_x| /
+  |estimate| (`train/implicit_fraction`; second-order methods), and, from
   the hypergradient diagnostics (`bilevel.diagnose_every`; bi-level runs only),
   medians over the diagnostics whose reference converged (steps.diagnose_step:
   relative CG residual at most `bilevel.diagnose_max_residual`, no non-positive
@@ -59,6 +61,7 @@ COLUMNS = [
     "step_ms",
     "step_vs_joint",
     "step_memory_mib",
+    "train_implicit_fraction",
     "hypergrad_cosine",
     "implicit_cosine",
     "implicit_fraction",
@@ -131,6 +134,8 @@ def _summarise(name, method, inner, run_dir) -> dict:
         "loss_fuse": rows[-1].get("train/loss_fuse", float("nan")),
         "step_ms": 1e3 / float(np.median(rates)) if rates else float("nan"),
         "step_memory_mib": memory / 2**20 if memory else float("nan"),
+        # median over the logged windows of the method's own implicit share (bilevel aux)
+        "train_implicit_fraction": _median([r.get("train/implicit_fraction") for r in rows]),
         # medians over the run's reliable diagnostics (module docstring)
         "hypergrad_cosine": median("hypergrad_cosine"),
         "implicit_cosine": median("implicit_cosine"),
@@ -153,6 +158,11 @@ def seeds(config) -> tuple[int, ...]:
     if not chosen or len(set(chosen)) != len(chosen):
         raise ConfigError(f"ablation.seeds={chosen}: give one or more distinct seeds")
     return chosen
+
+
+def _median(values) -> float:
+    values = [v for v in values if v is not None]
+    return float(np.median(values)) if values else float("nan")
 
 
 def run_configs(config) -> list[tuple[str, str, str, int, object]]:
@@ -254,6 +264,7 @@ def markdown_table(summaries) -> str:
         ("step ms", "step_ms", ".0f"),
         ("vs joint", "step_vs_joint", ".2f"),
         ("step memory MiB", "step_memory_mib", ".1f"),
+        ("implicit fraction (training)", "train_implicit_fraction", ".3g"),
         ("hypergrad cosine", "hypergrad_cosine", ".4f"),
         ("implicit cosine", "implicit_cosine", ".3f"),
         ("implicit fraction", "implicit_fraction", ".3g"),

@@ -50,9 +50,11 @@ def test_ablation_writes_table_csv_and_curves_and_resumes(tmp_path):
     assert (rows[1]["diagnostics"], rows[1]["diagnostics_reliable"]) == ("2", "2")
     assert float(rows[1]["reference_residual"]) <= config.bilevel.diagnose_max_residual
     assert float(rows[1]["implicit_fraction"]) >= 0 and rows[2]["diagnostics"] == "nan"
+    assert 0 <= float(rows[1]["train_implicit_fraction"]) < 0.05  # unrolled through Adam: small
+    assert rows[0]["train_implicit_fraction"] == "nan"  # joint has no implicit term
     table = (work / "results.md").read_text()
     assert table.count("\n") == 6 and "| unrolled-fusion |" in table and "| early_fusion |" in table
-    assert all(line.count("|") == 27 for line in table.splitlines())  # 26 columns
+    assert all(line.count("|") == 28 for line in table.splitlines())  # 27 columns
     assert (work / "curves.png").read_bytes()[:4] == b"\x89PNG"
     # a rerun reads the finished runs back instead of training them again
     metrics = work / "joint-fusion" / "metrics.jsonl"

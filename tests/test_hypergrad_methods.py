@@ -290,3 +290,24 @@ def test_implicit_term_nonzero_every_method(problem):
             np.testing.assert_allclose(
                 _flat(out.inner_params), _flat(first.inner_params), atol=1e-14, err_msg=name
             )
+
+
+@pytest.mark.parametrize(
+    "method, options",
+    [("unrolled", {}), ("implicit_cg", {"cg_steps": 8}), ("implicit_neumann", {}),
+     ("darts", {}), ("bdl", {})],
+)  # fmt: skip
+def test_implicit_fraction_is_the_share_of_the_implicit_term(method, options):
+    """aux implicit_fraction = |grad - F_x| / |grad|, F_x the partial derivative of F at the
+    method's inner point (darts: at its virtual step y')."""
+    f, F, x, y0, arr = _quadratic("x_small", seed=19)
+    out = hypergradient(method, f, F, x, y0, arr, arr, inner_optimizer=SGD, inner_steps=2,
+                        **options)  # fmt: skip
+    y = out.inner_params
+    if method == "darts":  # y' = y_K - xi f_y(x, y_K)
+        y = jax.tree.map(lambda a, g: a - 0.01 * g, y, jax.grad(lambda b: f(x, b, arr)[0])(y))
+    direct = _flat(jax.grad(lambda a: F(a, y, arr)[0])(x))
+    total = _flat(out.grad)
+    expected = np.linalg.norm(total - direct) / np.linalg.norm(total)
+    np.testing.assert_allclose(float(out.aux["implicit_fraction"]), expected, rtol=1e-9)
+    assert 1e-6 < expected  # the quadratic problem has an implicit term

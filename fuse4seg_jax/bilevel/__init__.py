@@ -74,6 +74,9 @@ Second-order approximations (options are keyword arguments of `hypergradient`):
   (guarded by `bdl_eps`), bounded with lambda > 0 (`bilevel.onestep`).
 The implicit, darts and bdl methods first take `inner_steps` real inner steps
 (not differentiated) and evaluate at the resulting y_K, which they return.
+Every second-order method except unrolled with second_order="grad" reports aux
+"implicit_fraction" = |grad - F_x| / |grad| (for darts F_x at the virtual step): how much
+of its estimate the implicit term is, at no extra cost (it computes both parts).
 "two_stage" is a training schedule, not a hypergradient, and is not here.
 
 Options: every method takes exactly the keyword options named for it in

@@ -111,6 +111,15 @@ def value_only(loss):
     return lambda x, y, batch: loss(x, y, batch)[0]
 
 
+def implicit_fraction(direct, total):
+    """|total - direct| / |total| (0 when total is 0), not differentiated: the share of an
+    estimate `total` that is its implicit term, `direct` being F_x (or, for darts, F_x at
+    the virtual step)."""
+    implicit = tree_sub(total, direct)
+    num, den = tree_vdot(implicit, implicit), tree_vdot(total, total)
+    return lax.stop_gradient(jnp.sqrt(jnp.where(den > 0, num / jnp.where(den > 0, den, 1), 0)))
+
+
 def make_aux(inner_value, inner_aux, outer_value, outer_aux):
     aux = {"inner_loss": inner_value, "outer_loss": outer_value}
     aux.update({f"inner/{k}": v for k, v in inner_aux.items()})

@@ -111,7 +111,9 @@ def implicit_cg(problem, *, inner_steps, cg_steps, cg_damping):
         cg_min_curvature=curvature,
         cg_nonpositive=(curvature <= 0).astype(curvature.dtype),
     )
-    return Hypergradient(_finish(grad_x, products, v), y, state, aux)
+    grad = _finish(grad_x, products, v)
+    aux["implicit_fraction"] = core.implicit_fraction(grad_x, grad)
+    return Hypergradient(grad, y, state, aux)
 
 
 def implicit_neumann(problem, *, inner_steps, neumann_steps, neumann_alpha):
@@ -127,4 +129,6 @@ def implicit_neumann(problem, *, inner_steps, neumann_steps, neumann_alpha):
         (_, total), _ = core.scan(body, (b, b), None, neumann_steps - 1)
     v = core.tree_scale(neumann_alpha, total)
     aux = dict(aux, neumann_residual=_relative_residual(b, products(v)[1]))
-    return Hypergradient(_finish(grad_x, products, v), y, state, aux)
+    grad = _finish(grad_x, products, v)
+    aux["implicit_fraction"] = core.implicit_fraction(grad_x, grad)
+    return Hypergradient(grad, y, state, aux)

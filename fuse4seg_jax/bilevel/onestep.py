@@ -74,6 +74,7 @@ def darts(problem, *, inner_steps, darts_xi, darts_fd):
         mixed = products(core.cast_like(core.upcast(v), core.upcast(y)))[0]
     grad = jax.tree.map(lambda g, m: (g - darts_xi * m).astype(g.dtype), grad_x, mixed)
     aux = core.make_aux(inner_value, inner_aux, outer_value, outer_aux)
+    aux["implicit_fraction"] = core.implicit_fraction(grad_x, grad)
     return Hypergradient(grad, y, state, aux)
 
 
@@ -96,4 +97,5 @@ def bdl(problem, *, inner_steps, bdl_eps, bdl_damping):
     )
     aux = core.make_aux(inner_value, inner_aux, outer_value, outer_aux)
     aux.update(bdl_coef=coef, bdl_defined=defined.astype(coef.dtype), bdl_grad_norm2=norm2)
+    aux["implicit_fraction"] = core.implicit_fraction(outer_x, grad)
     return Hypergradient(grad, y, state, aux)

@@ -80,7 +80,9 @@ def _unrolled_fwd_rev(problem, *, inner_steps):
         backward, (xbar, ybar, sbar_diff), trajectory, inner_steps, reverse=True
     )
     aux = core.make_aux(inner_value, inner_aux, outer_value, outer_aux)
-    return Hypergradient(core.tree_add(grad_x, xbar), y_final, state_final, aux)
+    grad = core.tree_add(grad_x, xbar)
+    aux["implicit_fraction"] = core.implicit_fraction(grad_x, grad)
+    return Hypergradient(grad, y_final, state_final, aux)
 
 
 def unrolled(problem, *, inner_steps, remat, second_order, truncate_steps):
