@@ -32,6 +32,7 @@ def _fit(merge, images, target, steps=300):
     return float(loss)
 
 
+@pytest.mark.slow
 def test_the_ordered_merge_fits_a_signed_combination_the_symmetric_one_cannot():
     slices = phantom.make_dataset(0, num_cases=4, slices_per_case=2, image_size=32)
     images = jnp.asarray(slices["modalities"])  # t1ce, flair

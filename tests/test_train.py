@@ -83,6 +83,7 @@ def test_a_failing_run_finishes_its_checkpoint_and_closes_its_writer(tmp_path, m
     assert not [p.name for p in (tmp_path / "checkpoints").iterdir() if not p.name.isdigit()]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sync", [False, True])
 def test_the_logged_step_rate_counts_finished_steps(tmp_path, monkeypatch, sync):
     """A train step that lasts at least 0.2 s (a host callback sleeps inside it): the
@@ -115,6 +116,7 @@ def test_the_logged_step_rate_counts_finished_steps(tmp_path, monkeypatch, sync)
     assert len(rates) == 3 and max(rates) <= 5.0, rates
 
 
+@pytest.mark.slow
 def test_the_best_checkpoint_is_the_state_of_the_best_evaluation(tmp_path, monkeypatch):
     """Held-out mean Dice scripted to 0.5, 0.7, 0.6 at steps 2, 4, 6: the best checkpoint
     is step 4's state (equal to the regular checkpoint of step 4), and a resumed trainer
