@@ -4,7 +4,7 @@
         [--size 240] [--depth 155] [--batch-size 16] [--crop -1] [--runs 3] [--devices N]
         [--tta] [--score]
 
-Times what `python -m fuse4seg_jax.predict` runs per case (case_prediction.predict_volume: the
+Times what `python -m fuse4seg_jax.predict` runs per case (volume_prediction.predict_volume: the
 brain window's axial slices batched through the jitted networks and put back in place)
 on a phantom brain volume of that size at 1 mm voxels (its brain fills the field of view
 about as a BraTS brain does), with randomly initialised networks (no checkpoint: speed
@@ -63,7 +63,7 @@ def main():
     import jax
     import numpy as np
 
-    from fuse4seg_jax import case_prediction, inference, recipe
+    from fuse4seg_jax import inference, recipe, volume_prediction
     from fuse4seg_jax.data import phantom
     from fuse4seg_jax.metrics import lesionwise
     from fuse4seg_jax.metrics import segmentation as seg_metrics
@@ -90,7 +90,7 @@ def main():
     far = np.argwhere((case["mask"] > 0) & (case["label"] == 0))
     blob = far[len(far) // 7]
     realistic[tuple(slice(int(c) - 5, int(c) + 5) for c in blob)] = 2
-    window = case_prediction.brain_window(x, crop)
+    window = volume_prediction.brain_window(x, crop)
     shape = x[window].shape
     devices = predictor.mesh.devices.size
     kind = run.kind
@@ -109,7 +109,7 @@ def main():
     times, score_times = [], []
     for i in range(args.runs + 1):  # the first run warms up (allocations, thread pools)
         t0 = time.perf_counter()
-        out = case_prediction.predict_volume(predictor, x, crop, tta=args.tta)
+        out = volume_prediction.predict_volume(predictor, x, crop, tta=args.tta)
         elapsed = time.perf_counter() - t0
         assert all(v.shape[:3] == x.shape[:3] for v in out.values())
         note = ""

@@ -1,16 +1,13 @@
 """Prediction on BraTS case folders: the work of `python -m fuse4seg_jax.predict`.
 
-Owns: finding case folders and checking their modality files before any work
-(`find_case_dirs`, `check_case_files`), bringing a case onto the grid the networks were
-trained on and back (`case_geometry`: exact reorientation, optional in-plane resampling,
-the spacing check), the in-plane window around the brain the networks see
-(`brain_window`), a normalised volume in the training orientation through a trained
-Predictor, optionally averaged over in-plane flips (`predict_volume`, also what
-evaluation runs), one case's outputs — the segmentation, fused and probability NIfTI
+Owns: bringing a case onto the grid the networks were trained on and back
+(`case_geometry`: exact reorientation, optional in-plane resampling, the spacing check),
+one case's outputs — the segmentation, fused and probability NIfTI
 volumes on the input's grid and the preview PNG (figures.case_preview) — committed
 together or not at all (`predict_case`, in either layout of `output_paths`), and the
-driver over a folder of cases (`predict`). predict.py describes the inputs and outputs
-for users.
+driver over a folder of cases (`predict`). The input checks are in case_inputs.py, the
+networks' pass over a volume in volume_prediction.py; predict.py describes the inputs and
+outputs for users.
 """
 
 import dataclasses
@@ -24,83 +21,21 @@ import numpy as np
 
 from fuse4seg_jax import atomic_files, figures, inference, orientation, regions, run_geometry
 from fuse4seg_jax import workdir as workdirs
+from fuse4seg_jax.case_inputs import check_case_files, find_case_dirs
 from fuse4seg_jax.data import brats
 from fuse4seg_jax.data.errors import DataError
+from fuse4seg_jax.volume_prediction import predict_volume
 
 
 class UsageError(ValueError):
     """A bad command line or config (exit status 2)."""
 
 
-def find_case_dirs(input_path) -> list[pathlib.Path]:
-    """[input_path] if it is a case folder, else its case folders (brats.find_cases)."""
-    path = pathlib.Path(input_path)
-    if not path.is_dir():
-        raise DataError(path, "input folder does not exist or is not a folder")
-    try:
-        brats.detect_convention(path)
-        return [path]
-    except DataError:
-        return brats.find_cases(path)
-
-
-def check_case_files(case_dir, modalities) -> str:
-    """The case's naming convention, after checking without reading any voxel that each
-    modality file exists, has a readable NIfTI header of a 3D volume, holds as many bytes
-    as its header promises (`_check_size`), and has the shape and affine of the others.
-    DataError naming the first file that fails (read_case checks the voxels later)."""
-    convention = brats.detect_convention(case_dir)
-    ref = None
-    for name in modalities:
-        options = [case_dir / brats.file_name(case_dir.name, convention, name, ext)
-                   for ext in brats.EXTENSIONS]  # fmt: skip
-        found = [p for p in options if p.is_file()]
-        if not found:
-            raise DataError(options[0], f"missing {name} modality file (BraTS {convention} naming)")
-        path = found[0]
-        try:
-            image = nib.load(str(path))
-            shape, affine = tuple(image.shape), np.asarray(image.affine)
-            data_end = int(image.dataobj.offset) + int(np.prod(image.dataobj.shape)) * int(
-                image.get_data_dtype().itemsize
-            )
-        except Exception as e:  # nibabel, gzip, OS errors alike
-            raise DataError(path, f"header cannot be read: {type(e).__name__}: {e}") from e
-        while len(shape) > 3 and shape[-1] == 1:
-            shape = shape[:-1]
-        if len(shape) != 3:
-            raise DataError(path, f"is {len(shape)}D with shape {shape}, expected a 3D volume")
-        _check_size(path, data_end)
-        if ref is None:
-            ref = (path, shape, affine)
-        elif shape != ref[1]:
-            raise DataError(path, f"shape {shape} differs from {ref[1]} of {ref[0].name}")
-        elif not np.allclose(affine, ref[2], rtol=0.0, atol=brats.AFFINE_ATOL):
-            raise DataError(path, f"affine differs from that of {ref[0].name}")
-    return convention
-
-
-def _check_size(path, expected: int):
-    """DataError if the file does not hold the `expected` bytes (header and voxel data) its
-    header promises: for `.nii` the file size, for `.nii.gz` the uncompressed size that gzip
-    records in its last four bytes (modulo 2**32; a truncated download ends elsewhere, so
-    they disagree; a file written as several gzip members would be refused too)."""
-    if path.name.endswith(".gz"):
-        with open(path, "rb") as f:
-            f.seek(-4, os.SEEK_END)
-            stored = int.from_bytes(f.read(4), "little")
-        if stored != expected % 2**32:
-            raise DataError(path, "truncated or corrupt: gzip size does not match the header")
-    elif path.stat().st_size < expected:
-        raise DataError(path, f"truncated: {path.stat().st_size} bytes, header needs {expected}")
-
-
 LAYOUTS = ("nested", "brats")
 EXTRAS = "extras"  # brats layout: the sub-folder of everything but the segmentations
+
+
 # Test-time flips of a batch of slices (N, H, W, ...): none, x, y, both.
-FLIPS = ((), (1,), (2,), (1, 2))
-
-
 def output_paths(out, case_id: str, keys, layout: str = "nested", probabilities=False) -> dict:
     """{"seg" | "fused" | "preview" | "probabilities": path} of one case, for the
     predictor's output keys (predict.py describes the two layouts). probabilities: whether
@@ -148,91 +83,6 @@ def _nifti_tmp(path, data, source_path, dtype, display_range, description, inten
 def probabilities_description(seg_mode: str) -> str:
     """The NIfTI description of a probabilities file: what its fourth axis holds."""
     return "fuse4seg_jax probabilities: " + ",".join(regions.channel_names(seg_mode))
-
-
-def brain_window(modalities, crop: int, multiple: int = 16):
-    """The part of a case the networks see: (x slice, y slice, z slice) of the stored axes.
-
-    modalities: (H, W, D, M), background exactly 0 (brats.normalise). z: the axial slices
-    holding any brain voxel. In-plane: a window of at least crop x crop pixels, each side
-    grown to a multiple of `multiple` when the brain's bounding box (over all slices) is
-    larger, never beyond the image, centred on the box and shifted to stay inside the
-    image, so it always holds every brain voxel. crop 0: the whole slices (no window).
-    None when the case has no brain voxel at all.
-    """
-    h, w, d, _ = modalities.shape
-    if crop <= 0:
-        return slice(0, h), slice(0, w), slice(0, d)
-    brain = modalities.max(axis=-1) > 0
-    zs = np.flatnonzero(brain.any(axis=(0, 1)))
-    if not zs.size:
-        return None
-    window = []
-    for axis, size in ((0, h), (1, w)):
-        on = np.flatnonzero(brain.any(axis=tuple({0, 1, 2} - {axis})))
-        lo, hi = int(on[0]), int(on[-1]) + 1
-        side = min(size, max(crop, -(-(hi - lo) // multiple) * multiple))
-        start = min(max((lo + hi - side) // 2, 0), size - side)
-        window.append(slice(start, start + side))
-    return window[0], window[1], slice(int(zs[0]), int(zs[-1]) + 1)
-
-
-def _background(keys, shape, seg_mode) -> dict:
-    """The outputs where the networks do not run: label 0, fused 0, and probabilities of
-    no tumour (background 1 for softmax, every region 0 for regions)."""
-    out = {}
-    for k in keys:
-        if k == "probs":
-            out[k] = np.zeros(shape + (len(regions.channel_names(seg_mode)),), np.float32)
-            if seg_mode == "softmax":
-                out[k][..., 0] = 1.0
-        else:
-            out[k] = np.zeros(shape, np.int32 if k == "pred" else np.float32)
-    return out
-
-
-def _flip_average(predictor, slices) -> dict:
-    """The predictor's outputs for a batch of slices (N, H, W, M) averaged over the in-plane
-    flips FLIPS: each flipped batch goes through the networks, its outputs are flipped back,
-    probabilities and fused images are averaged, labels come from the mean probabilities."""
-    sums = {}
-    for axes in FLIPS:
-        out = predictor.predict(np.flip(slices, axes) if axes else slices)
-        for k, v in out.items():
-            if k != "pred":
-                v = np.flip(v, axes) if axes else v
-                sums[k] = v.astype(np.float32) if k not in sums else sums[k] + v
-    mean = {k: v / np.float32(len(FLIPS)) for k, v in sums.items()}
-    if "probs" in mean:
-        labels = regions.probabilities_to_labels(mean["probs"], predictor.seg_mode)
-        mean["pred"] = np.asarray(labels, np.int32)
-    return mean
-
-
-def predict_volume(predictor, volume, crop: int, *, tta: bool = False) -> dict:
-    """A case volume through the networks: {"pred": (H, W, D) int32, "fused": (H, W, D)
-    float32, "probs": (H, W, D, C) float32} (those of the predictor's keys the model has).
-
-    volume: (H, W, D, M) float32, normalised as for training (brats.read_case) and in the
-    training orientation; its axial slices `volume[:, :, k]` in the brain window
-    (brain_window with `crop`) go through the networks, the outputs elsewhere are
-    background (label 0, fused 0, no tumour probability). tta: average over the four
-    in-plane flips (FLIPS; labels from the mean probabilities, so the predictor must
-    compute "probs" when it segments: inference.PROB_KEYS).
-    """
-    h, w, d, m = volume.shape
-    keys = predictor.output_keys(m)
-    if tta and "pred" in keys and "probs" not in keys:
-        raise ValueError("tta needs a predictor that computes 'probs' (keys=inference.PROB_KEYS)")
-    out = _background(keys, (h, w, d), predictor.seg_mode)
-    window = brain_window(volume, crop)
-    if window is None:
-        return out
-    slices = np.moveaxis(volume[window], 2, 0)  # (D', H', W', M): axial slices as a batch
-    result = _flip_average(predictor, slices) if tta else predictor.predict(slices)
-    for k, v in result.items():
-        out[k][window] = np.moveaxis(v, 0, 2)
-    return out
 
 
 def _fmt_mm(spacing) -> str:

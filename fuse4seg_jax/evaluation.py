@@ -2,7 +2,7 @@
 
 Two protocols (`PROTOCOLS`), named on every table and row they produce:
 - "volume": every held-out case whole (data/volumes.py), every axial slice with brain
-  through the networks by the code `predict` uses (case_prediction.predict_volume, the
+  through the networks by the code `predict` uses (volume_prediction.predict_volume, the
   same brain window), scored on the 3D label volume: voxel-wise Dice, HD95, sensitivity,
   specificity (metrics/segmentation.py) and the BraTS 2023 lesion-wise scores
   (metrics/lesionwise.py). What BraTS, nnU-Net and MONAI users report.
@@ -20,7 +20,7 @@ import time
 
 import numpy as np
 
-from fuse4seg_jax import atomic_files, case_prediction, checkpointing, figures, inference
+from fuse4seg_jax import atomic_files, checkpointing, figures, inference, volume_prediction
 from fuse4seg_jax.classical import host_fuser
 from fuse4seg_jax.data import sources, volumes
 from fuse4seg_jax.data.errors import DataError
@@ -163,7 +163,7 @@ def _volume_protocol(config, split, workdir, step):
             _log(f"skipping case {case.case_id} (data.skip_bad_cases): {e}")
             skipped += 1
             continue
-        outputs = case_prediction.predict_volume(predictor, modalities, crop)
+        outputs = volume_prediction.predict_volume(predictor, modalities, crop)
         t1 = time.time()
         pred = outputs["pred"]
         row = {"protocol": "volume", "level": "case", "case_id": case.case_id}

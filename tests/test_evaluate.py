@@ -254,7 +254,7 @@ def test_false_positives_on_healthy_slices_lower_the_volume_dice(tmp_path, monke
     """Predictions equal to the truth except a planted blob on healthy slices far from the
     tumour: the volume protocol sees it (WT Dice 2|G| / (2|G| + |FP|), one lesion-wise
     false positive), where the selected tumour slices never would."""
-    from fuse4seg_jax import case_prediction, inference
+    from fuse4seg_jax import inference, volume_prediction
     from fuse4seg_jax.data import volumes
 
     cases = [_FakeCase("a"), _FakeCase("b")]
@@ -271,7 +271,7 @@ def test_false_positives_on_healthy_slices_lower_the_volume_dice(tmp_path, monke
         step = 7
 
     monkeypatch.setattr(volumes, "split_cases", lambda data, seed, split: cases)
-    monkeypatch.setattr(case_prediction, "predict_volume", predict_volume)
+    monkeypatch.setattr(volume_prediction, "predict_volume", predict_volume)
     monkeypatch.setattr(inference, "load_trained", lambda *a, **k: Predictor())
     monkeypatch.setattr(evaluation.checkpointing, "available_steps", lambda *a, **k: [7])
     config = _config(tmp_path)
@@ -293,7 +293,7 @@ def test_volume_protocol_on_a_brats_folder_with_odd_geometry(trained, tmp_path):
     with the header's spacing, equal to the metrics of the Predictor's own volume."""
     import copy
 
-    from fuse4seg_jax import case_prediction, inference
+    from fuse4seg_jax import inference, volume_prediction
     from fuse4seg_jax.data import brats, phantom, phantom_nifti, tfds_brats_fuse
     from fuse4seg_jax.metrics import segmentation as seg_metrics
 
@@ -316,7 +316,7 @@ def test_volume_protocol_on_a_brats_folder_with_odd_geometry(trained, tmp_path):
     for row, folder in zip(rows, held_out, strict=True):
         case = brats.read_case(folder, config.data.modalities)
         assert case.modalities.shape[:3] == (52, 44, 30) and np.allclose(case.spacing, spacing)
-        pred = case_prediction.predict_volume(predictor, case.modalities, 48)["pred"]
+        pred = volume_prediction.predict_volume(predictor, case.modalities, 48)["pred"]
         expected = seg_metrics.region_scores(pred, case.label, case.spacing)  # header's
         for key in ("dice_wt", "hd95_wt", "hd95_tc", "sens_et"):
             assert float(row[key]) == pytest.approx(expected[key], abs=1e-9)

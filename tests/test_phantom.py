@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from fuse4seg_jax.data import phantom
+from fuse4seg_jax.data import phantom, phantom_subject
 
 VISIBLE, INVISIBLE = 1.5, 0.7
 IN_PLANE = np.zeros((3, 3, 3), bool)
@@ -184,7 +184,7 @@ def test_default_pair_visibility_on_slices():
 
 def test_sizes_and_geometry():
     for seed in range(20):
-        t = phantom._sample_subject(np.random.default_rng(seed))["tumour"]
+        t = phantom_subject.sample_subject(np.random.default_rng(seed))["tumour"]
         assert 6.5 <= t["r_tc"] - max(t["r_ncr"], 0.0) or not t["necrotic"]
         if t["necrotic"]:
             assert 0.35 - 1e-9 <= t["r_ncr"] / t["r_tc"] <= 0.65 + 1e-9

@@ -26,6 +26,7 @@ from fuse4seg_jax import (
     orientation,
     recipe,
     regions,
+    volume_prediction,
 )
 from fuse4seg_jax import workdir as workdirs
 from fuse4seg_jax.checkpointing import Checkpointer
@@ -161,7 +162,7 @@ def test_brain_window_holds_the_brain_and_outside_it_is_background(run):
     config, workdir = run
     volume = _off_centre_case()
     brain = volume.max(axis=-1) > 0
-    window = case_prediction.brain_window(volume, crop=32)
+    window = volume_prediction.brain_window(volume, crop=32)
     x, y, z = window
     assert (z.start, z.stop) == _extent(brain, 2)  # exactly the slices with brain
     for axis, s in ((0, x), (1, y)):
@@ -171,19 +172,19 @@ def test_brain_window_holds_the_brain_and_outside_it_is_background(run):
         assert side >= max(32, hi - lo) and (side == 32 or side % 16 == 0)
     assert (x.stop - x.start) * (y.stop - y.start) < 80 * 72  # the window saves work
     predictor = inference.load_trained(config, workdir, batch_size=4)
-    out = case_prediction.predict_volume(predictor, volume, crop=32)
+    out = volume_prediction.predict_volume(predictor, volume, crop=32)
     inside = np.zeros(volume.shape[:3], bool)
     inside[window] = True
     assert not out["pred"][~inside].any() and not out["fused"][~inside].any()
     expected = predictor.predict(np.moveaxis(volume[window], 2, 0))
     np.testing.assert_array_equal(out["pred"][window], np.moveaxis(expected["pred"], 0, 2))
     np.testing.assert_allclose(out["fused"][window], np.moveaxis(expected["fused"], 0, 2))
-    assert case_prediction.brain_window(volume, crop=0) == (
+    assert volume_prediction.brain_window(volume, crop=0) == (
         slice(0, 80),
         slice(0, 72),
         slice(0, 14),
     )
-    empty = case_prediction.predict_volume(predictor, np.zeros_like(volume), crop=32)
+    empty = volume_prediction.predict_volume(predictor, np.zeros_like(volume), crop=32)
     assert not empty["pred"].any() and not empty["fused"].any()
 
 
@@ -379,8 +380,8 @@ def test_predictor_computes_probabilities_only_when_asked(run, prob_predictor):
 
 def test_tta_is_the_mean_of_the_four_flipped_predictions(run, prob_predictor):
     volume = _off_centre_case()
-    out = case_prediction.predict_volume(prob_predictor, volume, 32, tta=True)
-    window = case_prediction.brain_window(volume, 32)
+    out = volume_prediction.predict_volume(prob_predictor, volume, 32, tta=True)
+    window = volume_prediction.brain_window(volume, 32)
     slices = np.moveaxis(volume[window], 2, 0)
     sums = {}
     for axes in ((), (1,), (2,), (1, 2)):  # none, flip x, flip y, both
@@ -392,7 +393,7 @@ def test_tta_is_the_mean_of_the_four_flipped_predictions(run, prob_predictor):
     np.testing.assert_allclose(out["probs"][window], mean["probs"], atol=1e-6)
     np.testing.assert_allclose(out["fused"][window], mean["fused"], atol=1e-6)
     np.testing.assert_array_equal(out["pred"][window], mean["probs"].argmax(axis=-1))
-    plain = case_prediction.predict_volume(prob_predictor, volume, 32)
+    plain = volume_prediction.predict_volume(prob_predictor, volume, 32)
     assert (out["pred"][window] != plain["pred"][window]).any()  # the flips do change things
     inside = np.zeros(volume.shape[:3], bool)
     inside[window] = True
@@ -400,7 +401,7 @@ def test_tta_is_the_mean_of_the_four_flipped_predictions(run, prob_predictor):
         np.testing.assert_array_equal(o["probs"][~inside], [[1.0, 0.0, 0.0, 0.0]] * (~inside).sum())
     default = inference.load_trained(*run, batch_size=4)
     with pytest.raises(ValueError, match="tta needs a predictor that computes 'probs'"):
-        case_prediction.predict_volume(default, volume, 32, tta=True)
+        volume_prediction.predict_volume(default, volume, 32, tta=True)
 
 
 class _Regions:
@@ -424,8 +425,8 @@ class _Regions:
 
 def test_tta_of_a_regions_run_uses_the_nested_region_rule():
     volume = _off_centre_case()
-    out = case_prediction.predict_volume(_Regions(), volume, 32, tta=True)
-    window = case_prediction.brain_window(volume, 32)
+    out = volume_prediction.predict_volume(_Regions(), volume, 32, tta=True)
+    window = volume_prediction.brain_window(volume, 32)
     v = volume[window][..., :1]
     np.testing.assert_allclose(
         out["probs"][window], np.concatenate([v, v**2, v**3], -1), atol=1e-6
@@ -493,10 +494,10 @@ def test_brats_layout_and_probabilities_on_the_inputs_grid(run, cases, prob_pred
         )
         probs = img.get_fdata(dtype=np.float32)
         case = brats.read_case(cases / name, config.data.modalities, with_label=False)
-        expected = case_prediction.predict_volume(prob_predictor, case.modalities, 32)
+        expected = volume_prediction.predict_volume(prob_predictor, case.modalities, 32)
         np.testing.assert_allclose(probs, expected["probs"], atol=1e-5)  # 16 bits over [0, 1]
         outside = np.ones(SHAPE, bool)  # outside the brain window: certainly background
-        outside[case_prediction.brain_window(case.modalities, 32)] = False
+        outside[volume_prediction.brain_window(case.modalities, 32)] = False
         assert outside.any()
         assert (probs[outside][:, 0] == 1.0).all() and (probs[outside][:, 1:] == 0.0).all()
         seg = np.asanyarray(nib.load(out / f"{name}.nii.gz").dataobj)

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from fuse4seg_jax import score, scoring
+from fuse4seg_jax import score, score_report, scoring
 from fuse4seg_jax.metrics import lesionwise
 from fuse4seg_jax.metrics import segmentation as seg_metrics
 
@@ -280,7 +280,7 @@ def test_a_failed_write_leaves_no_output(tmp_path, monkeypatch, capsys):
     def broken(path, rows):
         raise OSError(28, "No space left on device", str(path))
 
-    monkeypatch.setattr(scoring, "save_dice_boxplot", broken)
+    monkeypatch.setattr(score_report, "save_dice_boxplot", broken)
     with pytest.raises(OSError):
         scoring.score(tmp_path / "pred", tmp_path / "truth", workers=1, log=lambda line: None)
     assert sorted(os.listdir(tmp_path)) == ["pred", "truth"]

@@ -1,7 +1,8 @@
 """Deterministic multi-modal brain-tumour phantom: the built-in dataset (numpy only).
 
-Owns the synthetic subject: its anatomy, tumour, MR contrasts, noise and
-intensity normalisation, rendered as a 3D case (`make_case`), as axial slices
+Owns rendering the synthetic subject (drawn by phantom_subject.py: anatomy, tumour,
+per-modality look): MR contrasts, partial volume, texture, bias, noise and intensity
+normalisation, rendered as a 3D case (`make_case`), as axial slices
 through the tumour (`make_slices`) or as a many-subject slice dataset in the
 batch convention of METHOD.md section 2 (`make_dataset`). Writing a case as a
 BraTS folder lives in phantom_nifti.py (re-exported here as `write_brats_case`).
@@ -46,11 +47,19 @@ Design (our choices, see METHOD.md sections 2 and 7):
 import numpy as np
 
 from fuse4seg_jax.data.phantom_nifti import write_brats_case
+from fuse4seg_jax.data.phantom_subject import (
+    MODALITIES,
+    brain_depth,
+    ellipsoid_sdf,
+    fourier,
+    sample_subject,
+    tumour_fields,
+    tumour_labels,
+)
 
 __all__ = ["MODALITIES", "CONTRAST", "make_case", "make_slices", "make_dataset", "case_seed"]
 __all__ += ["write_brats_case"]
 
-MODALITIES = ("t1", "t1ce", "t2", "flair")
 FOV_MM = 200.0  # default field of view: pixels are FOV_MM / image_size mm wide
 TISSUES = ("csf", "gm", "deep_gm", "wm", "oedema", "enhancing", "necrosis")
 _CSF, _GM, _DGM, _WM, _ED, _ET, _NCR = range(len(TISSUES))
@@ -90,129 +99,6 @@ def _modality_indices(modalities) -> list[int]:
     return [MODALITIES.index(m) for m in modalities]
 
 
-# --- smooth random functions ------------------------------------------------------------
-
-
-def _fourier_params(rng, k, lo, hi):
-    """k random plane waves with wavenumber |w| in [lo, hi] (rad per unit) and phases."""
-    d = rng.normal(size=(k, 3))
-    d /= np.linalg.norm(d, axis=1, keepdims=True)
-    return d * rng.uniform(lo, hi, size=(k, 1)), rng.uniform(0.0, 2 * np.pi, size=k)
-
-
-def _fourier(params, pts):
-    """Unit-variance smooth random field at points pts = (x, y, z) (broadcastable arrays).
-
-    With pts in mm and wavenumbers 2 pi / wavelength this is a spatial texture; on unit
-    direction vectors with |w| in [1, 3] it is a low-order angular harmonic field.
-    """
-    w, phase = params
-    out = 0.0
-    for (wx, wy, wz), ph in zip(w.tolist(), phase.tolist(), strict=True):  # keeps float32
-        out = out + np.cos(wx * pts[0] + wy * pts[1] + wz * pts[2] + ph)
-    return out * np.sqrt(2.0 / len(phase))
-
-
-def _wavelength(rng, k, lo_mm, hi_mm):
-    return _fourier_params(rng, k, 2 * np.pi / hi_mm, 2 * np.pi / lo_mm)
-
-
-def _ellipsoid_sdf(pts, centre, radii, angle):
-    """Approximate signed distance (mm, < 0 inside) to an ellipsoid rotated about z."""
-    x, y, z = (pts[i] - float(centre[i]) for i in range(3))
-    c, s = float(np.cos(angle)), float(np.sin(angle))
-    radii = [float(r) for r in radii]
-    xr, yr = c * x + s * y, -s * x + c * y
-    r = np.sqrt((xr / radii[0]) ** 2 + (yr / radii[1]) ** 2 + (z / radii[2]) ** 2)
-    return (r - 1.0) * min(radii)
-
-
-# --- subject ----------------------------------------------------------------------------
-
-
-def _brain_depth(b, pts):
-    """Depth below the brain surface along the ray from the brain centre (mm, > 0 inside)."""
-    x, y, z = (pts[i] - float(b["centre"][i]) for i in range(3))
-    a = b["radii"].tolist()
-    r = np.sqrt((x / a[0]) ** 2 + (y / a[1]) ** 2 + (z / a[2]) ** 2) + 1e-6
-    u = (x / a[0] / r, y / a[1] / r, z / a[2] / r)
-    bound = 1.0 + np.clip(0.04 * _fourier(b["shape"], u), -0.07, 0.07)
-    return (bound - r) * np.sqrt(x * x + y * y + z * z) / r, u
-
-
-def _sample_subject(rng) -> dict:
-    """All random parameters of one subject, drawn in a fixed order."""
-    b = {
-        "centre": rng.uniform(-3, 3, 3),
-        "radii": np.array([70.0, 85.0, 58.0]) * rng.uniform(0.92, 1.0) * rng.uniform(0.96, 1.04, 3),
-        "shape": _fourier_params(rng, 6, 1.0, 3.0),
-        "csf_t": rng.uniform(1.5, 2.5),
-        "gm_t": rng.uniform(3.5, 5.0),
-        "ctx": _fourier_params(rng, 6, 1.0, 3.0),
-        "fold": _wavelength(rng, 12, 16.0, 26.0),
-        "sulcus_depth": rng.uniform(10.0, 16.0),
-        "fissure_depth": rng.uniform(30.0, 40.0),
-    }
-    vx, vy, vz = rng.uniform(6, 9), rng.uniform(-6, 4), rng.uniform(8, 14)
-    vr, va = rng.uniform(0.8, 1.25) * np.array([5.0, 26.0, 10.0]), rng.uniform(0.1, 0.25)
-    b["ventricles"] = [((s * vx, vy, vz), vr, s * va) for s in (-1, 1)]
-    tx, ty = rng.uniform(10, 13), rng.uniform(-12, -6)
-    b["deep_gm"] = [((s * tx, ty, 0.0), (8.0, 12.0, 8.0), 0.0) for s in (-1, 1)]
-
-    t = {"r_tc": rng.uniform(10.0, 24.0), "necrotic": rng.random() >= 0.15}
-    frac = rng.uniform(0.35, 0.65)
-    rim = np.clip(t["r_tc"] * (1 - frac), 6.5, 9.0)  # clipping keeps frac in [0.35, 0.65]
-    t["r_ncr"] = (t["r_tc"] - rim) if t["necrotic"] else -np.inf
-    margin = np.clip(rng.uniform(6.0, 20.0), 20.0 - t["r_tc"], 40.0 - t["r_tc"])
-    t["r_wt"] = t["r_tc"] + np.clip(margin, 6.0, 20.0)
-    t["rot"] = np.linalg.qr(rng.normal(size=(3, 3)))[0]
-    t["scale"] = rng.uniform(1.0, 1.25, 3)  # stretch only, so rims stay >= `rim` thick
-    t["ang_tc"], t["ang_ed"] = _fourier_params(rng, 5, 1.0, 3.0), _fourier_params(rng, 6, 1.0, 3.5)
-    t["amp_tc"], t["amp_ed"] = 0.14 * t["r_tc"], 0.35 * (t["r_wt"] - t["r_tc"])
-    t["ed_field"] = _wavelength(rng, 8, 12.0, 25.0)
-    t["centre"] = np.array([35.0, 0.0, 10.0])
-    for _ in range(200):
-        c = b["centre"] + rng.uniform([-0.6, -0.65, -0.45], [0.6, 0.65, 0.7]) * b["radii"]
-        depth = _brain_depth(b, c)[0]
-        if depth >= t["r_tc"] * t["scale"].max() + 10.0 and abs(c[0] - b["centre"][0]) > 10.0:
-            t["centre"] = c
-            break
-
-    look = {
-        "texture": _wavelength(rng, 8, 3.0, 8.0),
-        "tumour_texture": _wavelength(rng, 8, 3.0, 7.0),
-        "bias": [_wavelength(rng, 3, 250.0, 450.0) for _ in MODALITIES],
-        "bias_amp": rng.uniform(0.07, 0.09, len(MODALITIES)),
-        "sigma": rng.uniform(0.02, 0.04),
-    }
-    for k in ("r_tc", "r_ncr", "r_wt", "amp_tc", "amp_ed"):
-        t[k] = float(t[k])  # python floats keep float32 arrays float32 (NEP 50)
-    for k in ("csf_t", "gm_t", "sulcus_depth", "fissure_depth"):
-        b[k] = float(b[k])
-    return {"brain": b, "tumour": t, "look": look}
-
-
-def _tumour_fields(t, pts):
-    """Deformed radial coordinates (mm): TC rho_tc < r_tc, NCR rho_tc < r_ncr, WT rho_ed < r_wt."""
-    rot, scale = t["rot"].tolist(), t["scale"].tolist()
-    d = [pts[i] - float(t["centre"][i]) for i in range(3)]
-    q = [sum(rot[j][i] * d[j] for j in range(3)) / scale[i] for i in range(3)]
-    r = np.sqrt(q[0] ** 2 + q[1] ** 2 + q[2] ** 2) + 1e-6
-    u = [qi / r for qi in q]
-    lim = float(0.25 * t["r_tc"])
-    rho_tc = r - np.clip(t["amp_tc"] * _fourier(t["ang_tc"], u), -lim, lim)
-    margin = t["r_wt"] - t["r_tc"]
-    bulge = t["amp_ed"] * _fourier(t["ang_ed"], u) + 3.0 * _fourier(t["ed_field"], pts)
-    return rho_tc, rho_tc - np.clip(bulge, -(margin - 3.0), 0.8 * margin)
-
-
-def _tumour_labels(t, pts):
-    rho_tc, rho_ed = _tumour_fields(t, pts)
-    return np.where(
-        rho_tc < t["r_ncr"], 1, np.where(rho_tc < t["r_tc"], 3, np.where(rho_ed < t["r_wt"], 2, 0))
-    )
-
-
 # --- rendering --------------------------------------------------------------------------
 
 
@@ -223,23 +109,23 @@ def _render(subject, pts, h, seed, midx, with_tumour=True, reference=None):
     eps = 0.35 * h
     soft = lambda s: (0.5 - 0.5 * np.tanh(s / eps)).astype(np.float32)  # 1 inside (s < 0)
 
-    depth, u = _brain_depth(b, pts)
+    depth, u = brain_depth(b, pts)
     mask = depth > 0
     if not mask.any():
         raise ValueError("the requested field of view contains no brain")
     shape = mask.shape
-    csf_t = b["csf_t"] + 0.6 * _fourier(b["ctx"], u)
-    sulcus = np.abs(_fourier(b["fold"], pts)) / np.linalg.norm(b["fold"][0], axis=1).mean()
+    csf_t = b["csf_t"] + 0.6 * fourier(b["ctx"], u)
+    sulcus = np.abs(fourier(b["fold"], pts)) / np.linalg.norm(b["fold"][0], axis=1).mean()
     sulcus = np.hypot(sulcus, np.maximum(depth - b["sulcus_depth"], 0.0)) - 0.8
     fissure = (
         np.hypot(pts[0] - float(b["centre"][0]), np.maximum(depth - b["fissure_depth"], 0.0)) - 1.0
     )
     cortex = np.minimum(depth - csf_t, np.minimum(sulcus, fissure))  # distance to CSF (mm)
-    vent = np.minimum(*(_ellipsoid_sdf(pts, *e) for e in b["ventricles"]))
+    vent = np.minimum(*(ellipsoid_sdf(pts, *e) for e in b["ventricles"]))
     w_csf = np.maximum(soft(cortex), soft(vent))
-    w_gm = soft(cortex - b["gm_t"] - 0.8 * _fourier(b["ctx"], (u[1], u[2], u[0])))
-    w_dgm = soft(np.minimum(*(_ellipsoid_sdf(pts, *e) for e in b["deep_gm"])))
-    rho_tc, rho_ed = _tumour_fields(t, pts)
+    w_gm = soft(cortex - b["gm_t"] - 0.8 * fourier(b["ctx"], (u[1], u[2], u[0])))
+    w_dgm = soft(np.minimum(*(ellipsoid_sdf(pts, *e) for e in b["deep_gm"])))
+    rho_tc, rho_ed = tumour_fields(t, pts)
     w_tc = soft(rho_tc - t["r_tc"])
     w_ncr = soft(rho_tc - t["r_ncr"])
     w_ed = soft(rho_ed - t["r_wt"]) * (1 - w_csf)
@@ -253,16 +139,16 @@ def _render(subject, pts, h, seed, midx, with_tumour=True, reference=None):
     img = np.broadcast_to(con[_WM], shape + (len(midx),))
     for k, w in ((_DGM, w_dgm), (_GM, w_gm), (_CSF, w_csf)):
         img = lerp(img, con[k], w)
-    tex = (1 + 0.03 * _fourier(look["texture"], pts)).astype(np.float32)[..., None]
+    tex = (1 + 0.03 * fourier(look["texture"], pts)).astype(np.float32)[..., None]
     img = img * tex
     img = img + (con[_ED] * tex - img) * (w_ed[..., None] * ~inherit)
-    tex_t = (1 + 0.06 * _fourier(look["tumour_texture"], pts)).astype(np.float32)[..., None]
+    tex_t = (1 + 0.06 * fourier(look["tumour_texture"], pts)).astype(np.float32)[..., None]
     img = lerp(img, con[_ET] * tex_t, w_tc)
     img = lerp(img, con[_NCR] * tex_t, w_ncr)
 
     out = np.zeros(shape + (len(midx),), np.float32)
     for j, m in enumerate(midx):
-        bias = 1 + look["bias_amp"][m] * np.clip(_fourier(look["bias"][m], pts), -1.5, 1.5)
+        bias = 1 + look["bias_amp"][m] * np.clip(fourier(look["bias"][m], pts), -1.5, 1.5)
         rng = np.random.default_rng((int(seed), 7, m))
         clean = (img[..., j] * bias)[mask]
         n1, n2 = rng.standard_normal((2, clean.size), dtype=np.float32) * look["sigma"]
@@ -300,7 +186,7 @@ def make_case(
     shape, spacing = tuple(int(s) for s in shape), np.asarray(spacing, np.float64)
     if len(shape) != 3 or spacing.shape != (3,) or min(shape) < 1 or (spacing <= 0).any():
         raise ValueError(f"expected a 3D shape and 3 positive spacings, got {shape}, {spacing}")
-    subject = _sample_subject(np.random.default_rng(seed))
+    subject = sample_subject(np.random.default_rng(seed))
     origin = -(np.asarray(shape) - 1) / 2.0 * spacing
     axes = [(origin[i] + spacing[i] * np.arange(shape[i])).astype(np.float32) for i in range(3)]
     pts = (axes[0][:, None, None], axes[1][None, :, None], axes[2][None, None, :])
@@ -330,9 +216,7 @@ def _select_planes(t, coords, h, num_slices):
     near = np.flatnonzero(np.abs(coords - t["centre"][2]) < reach)
     inx = coords[np.abs(coords - t["centre"][0]) < reach]
     iny = coords[np.abs(coords - t["centre"][1]) < reach]
-    labels = _tumour_labels(
-        t, (inx[None, :, None], iny[None, None, :], coords[near][:, None, None])
-    )
+    labels = tumour_labels(t, (inx[None, :, None], iny[None, None, :], coords[near][:, None, None]))
     parts = (1, 2, 3) if t["necrotic"] else (2, 3)
     full = np.all([(labels == p).sum(axis=(1, 2)) >= 3 for p in parts], axis=0)
     if full.sum() >= num_slices:
@@ -348,7 +232,7 @@ def _select_planes(t, coords, h, num_slices):
 def slice_planes(seed: int, *, num_slices: int, image_size: int = 64, fov_mm: float = FOV_MM):
     """The axial plane indices `make_slices` renders for subject `seed` (sorted): planes
     of the image_size^3 cube of fov_mm / image_size mm voxels, i.e. `volume[:, :, k]`."""
-    subject = _sample_subject(np.random.default_rng(seed))
+    subject = sample_subject(np.random.default_rng(seed))
     h = float(fov_mm) / image_size
     coords = ((np.arange(image_size) - (image_size - 1) / 2.0) * h).astype(np.float32)
     return _select_planes(subject["tumour"], coords, h, num_slices)
@@ -374,7 +258,7 @@ def make_slices(
     midx = _modality_indices(modalities)
     if not 1 <= num_slices <= image_size:
         raise ValueError(f"num_slices={num_slices} must be in [1, image_size={image_size}]")
-    subject = _sample_subject(np.random.default_rng(seed))
+    subject = sample_subject(np.random.default_rng(seed))
     h = float(fov_mm) / image_size
     coords = ((np.arange(image_size) - (image_size - 1) / 2.0) * h).astype(np.float32)
     ks = slice_planes(seed, num_slices=num_slices, image_size=image_size, fov_mm=fov_mm)
