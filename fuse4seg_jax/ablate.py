@@ -8,7 +8,9 @@ Runs, in order:
   `config.ablation.inners`, in `<workdir>/<method>-<inner>/`;
 - every baseline in `config.ablation.baselines` (baselines.py), in
   `<workdir>/<baseline>/`: "two_stage", "early_fusion", "dual_encoder",
-  "classical:<mean|max|pca|laplacian>", "single:<modality>".
+  "classical:<mean|max|pca|laplacian>", "single:<modality>", and "task_only"
+  (Fuse4Seg's networks trained by the segmentation loss alone: the `joint` step with
+  every fusion-loss weight 0, the ceiling of image-level fusion).
 Each is an ordinary `trainer.train_and_evaluate` run (so it checkpoints and
 resumes on its own), once per seed of `config.ablation.seeds` (`config.seed` set to it:
 the networks' initialisation and the data order, and for the phantom the generated
@@ -72,25 +74,38 @@ COLUMNS = [
 ]
 
 
+# Not a model kind but a setting of Fuse4Seg: both networks trained by the segmentation
+# loss alone (the `joint` step with every fusion-loss weight 0), the fused image free to be
+# whatever helps the segmenter most: the ceiling of image-level fusion on this data.
+TASK_ONLY = {
+    "model": {"kind": "fuse4seg"},
+    "bilevel": {"method": "joint"},
+    "loss": {"w_freq": 0.0, "w_grad": 0.0, "w_ssim": 0.0},
+}
+
+
 def baseline_overrides(spec: str) -> dict:
-    """config.model overrides of a baseline spec such as "classical:pca" or "single:flair"."""
+    """{config section: overrides} of a baseline spec such as "classical:pca",
+    "single:flair" or "task_only"."""
     from fuse4seg_jax.config_validation import ConfigError
     from fuse4seg_jax.recipe import BASELINE_KINDS
 
+    if spec == "task_only":
+        return copy.deepcopy(TASK_ONLY)
     kind, _, option = spec.partition(":")
     if kind not in BASELINE_KINDS or (kind in ("classical", "single")) != bool(option):
         raise ConfigError(
             f"ablation.baselines entry {spec!r}: expected one of two_stage, early_fusion, "
-            "dual_encoder, classical:<method>, single:<modality>"
+            "dual_encoder, task_only, classical:<method>, single:<modality>"
         )
     extra = {"classical": {"classical": option}, "single": {"single_modality": option}}
-    return {"kind": kind, **extra.get(kind, {})}
+    return {"model": {"kind": kind, **extra.get(kind, {})}}
 
 
 def planned_runs(config) -> list[tuple[str, str, str, dict]]:
-    """(name, method, inner, model overrides) of every run, in table order."""
+    """(name, method, inner, {config section: overrides}) of every run, in table order."""
     runs = [
-        (f"{method}-{inner}", method, inner, {})
+        (f"{method}-{inner}", method, inner, {"bilevel": {"method": method, "inner": inner}})
         for inner in config.ablation.inners
         for method in config.ablation.methods
     ]
@@ -174,12 +189,10 @@ def run_configs(config) -> list[tuple[str, str, str, int, object]]:
     from fuse4seg_jax.config_validation import ConfigError, validate
 
     runs, chosen = [], seeds(config)
-    for name, method, inner, model in planned_runs(config):
+    for name, method, inner, overrides in planned_runs(config):
         run_config = copy.deepcopy(config)
-        if model:
-            run_config.model.update(model)
-        else:
-            run_config.bilevel.method, run_config.bilevel.inner = method, inner
+        for section, values in overrides.items():
+            run_config[section].update(values)
         try:
             validate(run_config, config.mesh.num_devices or jax.device_count())
         except ConfigError as e:
