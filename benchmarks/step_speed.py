@@ -28,7 +28,7 @@ def main():
         default="joint,first_order,unrolled,darts,implicit_cg,implicit_neumann,bdl",
     )
     parser.add_argument("--inner", default="fusion")
-    parser.add_argument("--inner-steps", type=int, default=1)
+    parser.add_argument("--inner-steps", type=int, default=0, help="0: the config's")
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--devices", type=int, default=0, help="CPU devices (0: one per core)")
     args = parser.parse_args()
@@ -70,7 +70,8 @@ def main():
         config = module.get_config()
         config.bilevel.method = method
         config.bilevel.inner = args.inner
-        config.bilevel.inner_steps = args.inner_steps
+        if args.inner_steps:
+            config.bilevel.inner_steps = args.inner_steps
         run = recipe.build(config)
         state = jax.device_put(run.init_state(), repl)
         step = jax.jit(

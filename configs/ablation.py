@@ -2,8 +2,8 @@
 
     python -m fuse4seg_jax.ablate --config configs/ablation.py --workdir runs/ablation
 
-Hardware: 2 CPU cores; each run is the demo setting cut to 400 steps (about
-2 minutes per bi-level run there). Methods are any of bilevel.METHODS; the
+Hardware: 2 CPU cores; each run is the demo setting cut to 400 steps, once per seed
+(about 41 minutes for the nine runs there). Methods are any of bilevel.METHODS; the
 table, the CSV and the training curves go to the workdir.
 """
 
