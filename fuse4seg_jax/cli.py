@@ -6,8 +6,10 @@ can be imported into one process (tests, notebooks) without duplicate-flag error
 """
 
 import errno
+import logging
 import os
 import sys
+import threading
 
 # Exit status of a command stopped by a bad command line or config (absl's convention).
 EXIT_USAGE = 2
@@ -70,9 +72,16 @@ def fail_os_error(e: OSError):
     fail(line, 1)
 
 
+_ERROR_REPORTED = []  # non-empty once `fail` has printed the command's error line
+
+
 def fail(message, status: int = 1):
-    """Print `error: message` (one line) to stderr and exit with status."""
+    """Print `error: message` (one line) to stderr and exit with status. In a command
+    (`run`), what background work (e.g. TensorStore reads of the checkpoint whose restore
+    failed) reports while the process exits says nothing more, so from here on it is
+    dropped: `run` switches logging off and the unraisable hook drops everything."""
     print(f"error: {one_line(message)}", file=sys.stderr, flush=True)
+    _ERROR_REPORTED.append(message)
     sys.exit(status)
 
 
@@ -97,11 +106,20 @@ def _drop_closed_loop_noise(unraisable):
     """sys.unraisablehook of the commands: after a failed checkpoint restore (reported in
     one line), TensorStore reads that finish once Orbax has closed its asyncio loop are
     reported as unraisable "Event loop is closed" errors while the process exits; they say
-    nothing more, so they are dropped. Everything else goes to Python's default hook."""
+    nothing more, so they are dropped, as is everything once `fail` has reported the
+    command's error. Everything else goes to Python's default hook."""
     error = unraisable.exc_value
-    if isinstance(error, RuntimeError) and str(error) == "Event loop is closed":
+    closed_loop = isinstance(error, RuntimeError) and str(error) == "Event loop is closed"
+    if _ERROR_REPORTED or closed_loop:
         return
     sys.__unraisablehook__(unraisable)
+
+
+def _drop_thread_noise_after_error(args):
+    """threading.excepthook of the commands: silent once `fail` has reported the error
+    (a background thread of the failed restore dying on its way out); else the default."""
+    if not _ERROR_REPORTED:
+        threading.__excepthook__(args)
 
 
 def run(main, define_flags, argv=None):
@@ -112,9 +130,14 @@ def run(main, define_flags, argv=None):
 
     define_flags()
     sys.unraisablehook = _drop_closed_loop_noise
+    threading.excepthook = _drop_thread_noise_after_error
     argv = list(sys.argv if argv is None else argv)
     try:
         app.run(main, argv=argv)
+    except SystemExit:
+        if _ERROR_REPORTED:  # the error line is out; the process is going down
+            logging.disable(logging.CRITICAL)
+        raise
     except OSError as e:  # ml-collections loads --config lazily and reports it as an OSError
         if "Failed loading config file" not in str(e):
             raise

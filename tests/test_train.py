@@ -165,12 +165,14 @@ def test_tiny_training_lowers_the_losses_and_writes_outputs(tmp_path, inner):
         bilevel__inner=inner,
         bilevel__method="unrolled",
     )
-    config.optim.learning_rate = 1e-2
-    config.bilevel.inner_lr = 1e-2
+    config.optim.learning_rate = 1e-2  # the follower keeps the default SGD rate 1
     dice = trainer.train_and_evaluate(config, str(tmp_path))
     rows = [r for r in read_jsonl(str(tmp_path / "metrics.jsonl")) if "train/loss_seg" in r]
     assert rows[-1]["train/loss_seg"] < 0.8 * rows[0]["train/loss_seg"]
-    assert rows[-1]["train/loss_fuse"] < rows[0]["train/loss_fuse"]
+    # both levels' objectives fall (L_fuse alone may rise: with mu = 1 the fusion follower
+    # trades some of it for the segmentation loss)
+    for level in ("inner", "outer"):
+        assert rows[-1][f"train/loss_{level}"] < rows[0][f"train/loss_{level}"], level
     assert set(dice) == {"wt", "tc", "et"} and all(0.0 <= v <= 1.0 for v in dice.values())
     results = json.loads((tmp_path / "results.json").read_text())
     assert results["dice_mean"] == pytest.approx(dice)
