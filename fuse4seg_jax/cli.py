@@ -72,7 +72,7 @@ def fail_os_error(e: OSError):
     fail(line, 1)
 
 
-_ERROR_REPORTED = []  # non-empty once `fail` has printed the command's error line
+_error_reported = False  # True once `fail` has printed the command's error line
 
 
 def fail(message, status: int = 1):
@@ -80,8 +80,9 @@ def fail(message, status: int = 1):
     (`run`), what background work (e.g. TensorStore reads of the checkpoint whose restore
     failed) reports while the process exits says nothing more, so from here on it is
     dropped: `run` switches logging off and the unraisable hook drops everything."""
+    global _error_reported
     print(f"error: {one_line(message)}", file=sys.stderr, flush=True)
-    _ERROR_REPORTED.append(message)
+    _error_reported = True
     sys.exit(status)
 
 
@@ -110,7 +111,7 @@ def _drop_closed_loop_noise(unraisable):
     command's error. Everything else goes to Python's default hook."""
     error = unraisable.exc_value
     closed_loop = isinstance(error, RuntimeError) and str(error) == "Event loop is closed"
-    if _ERROR_REPORTED or closed_loop:
+    if _error_reported or closed_loop:
         return
     sys.__unraisablehook__(unraisable)
 
@@ -118,7 +119,7 @@ def _drop_closed_loop_noise(unraisable):
 def _drop_thread_noise_after_error(args):
     """threading.excepthook of the commands: silent once `fail` has reported the error
     (a background thread of the failed restore dying on its way out); else the default."""
-    if not _ERROR_REPORTED:
+    if not _error_reported:
         threading.__excepthook__(args)
 
 
@@ -135,7 +136,7 @@ def run(main, define_flags, argv=None):
     try:
         app.run(main, argv=argv)
     except SystemExit:
-        if _ERROR_REPORTED:  # the error line is out; the process is going down
+        if _error_reported:  # the error line is out; the process is going down
             logging.disable(logging.CRITICAL)
         raise
     except OSError as e:  # ml-collections loads --config lazily and reports it as an OSError
