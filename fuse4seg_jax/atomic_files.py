@@ -20,7 +20,8 @@ def atomic_path(path) -> str:
     """A temporary file beside `path`, to be os.replace()d onto it when complete."""
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=os.path.splitext(path)[1])
+    suffix = ".nii.gz" if str(path).endswith(".nii.gz") else os.path.splitext(path)[1]
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=suffix)  # nibabel: by suffix
     os.close(fd)
     umask = os.umask(0)
     os.umask(umask)

@@ -3,7 +3,8 @@
 Owns the BraTS file-name conventions on the writing side:
 - "2021" (BraTS 2018-2021): `<case>_{t1,t1ce,t2,flair,seg}.nii.gz`, ET stored as label 4;
 - "2023" (BraTS 2023+): `<case>-{t1n,t1c,t2w,t2f,seg}.nii.gz`, ET stored as label 3.
-Images are float32 scaled by `IMAGE_SCALE` (raw-scanner-like units, background 0);
+Images are float32 scaled by `IMAGE_SCALE` (raw-scanner-like units, background 0) unless
+the caller gives another scale and dtype (the simulator: raw units stored as int16);
 the segmentation is uint8. All files share the case affine. Each file is written to a
 temporary file in the target folder and moved into place with os.replace, so an
 interrupted write never leaves a half-written .nii.gz under its final name.
@@ -11,9 +12,10 @@ interrupted write never leaves a half-written .nii.gz under its final name.
 
 import os
 import pathlib
-import tempfile
 
 import numpy as np
+
+from fuse4seg_jax import atomic_files
 
 SOURCE_MODALITIES = ("t1", "t1ce", "t2", "flair")  # phantom.MODALITIES, in this order
 BRATS_CONVENTIONS = {
@@ -26,23 +28,28 @@ IMAGE_SCALE = 1000.0
 def _save_atomic(img, path: pathlib.Path):
     import nibabel as nib
 
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".nii.gz")
-    os.close(fd)
-    try:
-        nib.save(img, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    atomic_files.write_file(path, lambda tmp: nib.save(img, tmp))
 
 
-def write_brats_case(root, case_name: str, case: dict, *, convention: str = "2021") -> pathlib.Path:
-    """Write `case` (from phantom.make_case with all four modalities) to root/case_name/.
+def _stored(values, dtype) -> np.ndarray:
+    dtype = np.dtype(dtype)
+    if dtype.kind in "iu":
+        info = np.iinfo(dtype)
+        return np.clip(np.rint(values), info.min, info.max).astype(dtype)
+    return values.astype(dtype)
 
-    case: {"modalities": (H, W, D, 4) float in [0, 1] in order t1, t1ce, t2, flair,
-    "label": (H, W, D) int in 0..3, "affine": (4, 4)}; "modality_names", if present, must
-    equal that order. Returns the case folder.
+
+def write_brats_case(
+    root, case_name: str, case: dict, *, convention: str = "2021", scale: float = IMAGE_SCALE,
+    dtype=np.float32,
+) -> pathlib.Path:  # fmt: skip
+    """Write `case` (from phantom.make_case or sim.case.simulate_case, all four modalities)
+    to root/case_name/.
+
+    case: {"modalities": (H, W, D, 4) float in order t1, t1ce, t2, flair, "label": (H, W, D)
+    int in 0..3, "affine": (4, 4)}; "modality_names", if present, must equal that order.
+    Images are stored as modalities x `scale` in `dtype` (rounded and clipped to its range
+    for an integer dtype). Returns the case folder.
     """
     import nibabel as nib
 
@@ -69,9 +76,7 @@ def write_brats_case(root, case_name: str, case: dict, *, convention: str = "202
     folder.mkdir(parents=True, exist_ok=True)
     seg = label.astype(np.uint8)
     seg[seg == 3] = conv["et_label"]
-    volumes = [
-        (n, (mods[..., i] * IMAGE_SCALE).astype(np.float32)) for i, n in enumerate(conv["names"])
-    ]
+    volumes = [(n, _stored(mods[..., i] * scale, dtype)) for i, n in enumerate(conv["names"])]
     for suffix, data in volumes + [("seg", seg)]:
         img = nib.Nifti1Image(data, affine)
         img.header.set_xyzt_units("mm")
