@@ -38,6 +38,10 @@ def get_config():
     config.data.split_seed = 0
     config.data.skip_bad_cases = False
     config.data.eval_split = "validation"
+    # Simulated BraTS-like data (data.name = "brats_sim", docs/simulator.md): generated from
+    # the ICBM152 anatomy; num_train_cases / num_eval_cases cases (test: num_eval_cases more)
+    config.data.sim_seed = 0
+    config.data.sim_spacing_mm = 1.0  # 1 (240 x 240 slices) or 2 (120 x 120)
     config.data.harvard_set = "MRI_PET"  # harvard_mif: MRI_CT | MRI_PET | MRI_SPECT
 
     config.model = ml_collections.ConfigDict()

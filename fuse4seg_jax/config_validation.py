@@ -31,6 +31,16 @@ def validate(config, num_devices: int):
             "data.manual_dir",
             "brats_fuse needs the BraTS folder of case folders",
         )
+    if config.data.name == "brats_sim":
+        one_of("data.sim_spacing_mm", (1.0, 2.0))
+        need(config.data.sim_seed >= 0, "data.sim_seed", "must be >= 0")
+        need(
+            config.data.image_size <= 240 / config.data.sim_spacing_mm,
+            "data.image_size",
+            f"larger than the {240 / config.data.sim_spacing_mm:g}-pixel simulated slices",
+        )
+        for key in ("num_train_cases", "num_eval_cases"):
+            need(config.data[key] >= 1, f"data.{key}", "must be at least 1")
     one_of("data.eval_split", sources.HELD_OUT_SPLITS)
     mods = tuple(config.data.modalities)
     if config.data.name == "harvard_mif":

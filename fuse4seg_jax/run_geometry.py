@@ -11,7 +11,8 @@ before the networks run (and back after), and checks its in-plane spacing agains
   the phantom's affine is diagonal and positive ("RAS"), its voxels FOV_MM /
   data.image_size wide on every axis (data/phantom.py make_slices). brats_fuse: the
   header of the first modality file of the first case of data.manual_dir (None when
-  that folder cannot be read any more). harvard_mif (2D pairs): None.
+  that folder cannot be read any more). brats_sim: the BraTS grid's orientation (LPS)
+  at data.sim_spacing_mm. harvard_mif (2D pairs): None.
 - `write(workdir, geometry)`: the trainer writes it at the start of training (atomic).
 - `read(workdir)`: geometry.json, else training_geometry of the run's saved config.json
   (runs trained before geometry.json existed), else None: predict then neither
@@ -39,6 +40,11 @@ def training_geometry(config):
         return {"orientation": "RAS", "spacing_mm": [size, size, size]}
     if name == "brats_fuse":
         return _brats_geometry(config.data.manual_dir, tuple(config.data.modalities))
+    if name == "brats_sim":
+        from fuse4seg_jax.sim import geometry
+
+        size = float(config.data.sim_spacing_mm)
+        return {"orientation": orientation.axcodes(geometry.AFFINE), "spacing_mm": [size] * 3}
     return None
 
 

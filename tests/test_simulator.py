@@ -155,3 +155,62 @@ def test_cli_folders_read_back_as_brats(tmp_path, full_case, naming):
     assert other.returncode == 1
     assert other.stderr.strip().splitlines()[-1].startswith("error: --out")
     assert [p.name for p in out.iterdir() if p.is_dir()] == [folder.name]  # nothing written
+
+
+def test_in_memory_cases_equal_the_written_folders(tmp_path, full_case):
+    """sim/release.py (the brats_sim dataset's source) gives what the BraTS reader gives
+    for the folder the simulate command writes."""
+    from fuse4seg_jax.sim import release
+
+    index, _ = full_case
+    run = _simulate(tmp_path, "--cases", "1", "--start", str(index), "--workers", "1")
+    assert run.returncode == 0, run.stderr
+    mods = ("t1ce", "flair")
+    read = brats.read_case(tmp_path / f"SimBraTS2021_{index:05d}", mods)
+    images, label, mask, spacing = release.read_case(SEED, index, mods)
+    np.testing.assert_allclose(images, read.modalities, atol=1e-6)
+    np.testing.assert_array_equal(label, read.label)
+    np.testing.assert_array_equal(mask, read.mask)
+    np.testing.assert_array_equal(spacing, read.spacing)
+
+
+def test_two_mm_blocks_average_images_and_vote_labels():
+    from fuse4seg_jax.sim.release import _downsample
+
+    label = np.zeros((4, 2, 3), np.int32)
+    label[:2, :, :2] = [[[0, 1], [1, 1]], [[0, 0], [1, 0]]]  # block (0,0,0): 4 zeros, 4 ones
+    label[2:, :, :2] = 2  # block (1,0,0): all oedema
+    images = np.arange(24, dtype=np.float32).reshape(4, 2, 3, 1)
+    small_images, small_label = _downsample(images, label)
+    assert small_label.shape == (2, 1, 1)  # the odd last slice dropped
+    assert small_label[0, 0, 0] == 1 and small_label[1, 0, 0] == 2  # tie to the higher label
+    np.testing.assert_allclose(small_images[0, 0, 0, 0], images[:2, :, :2, 0].mean())
+
+
+@pytest.mark.slow
+def test_two_step_training_and_volume_evaluation_on_the_simulator(tmp_path):
+    """data.name = brats_sim through the commands: a TFDS build from simulated cases, two
+    training steps, then the volume protocol on a held-out simulated case."""
+    sim = [
+        "--config", "configs/tiny.py", "--config.data.name=brats_sim",
+        "--config.data.num_train_cases=4", "--config.data.num_eval_cases=1",
+        "--config.data.sim_spacing_mm=2", "--config.data.min_tumour_area=25",
+    ]  # fmt: skip
+    workdir = tmp_path / "run"
+    train = [sys.executable, "-m", "fuse4seg_jax.train", "--workdir", str(workdir), *sim]
+    train += ["--config.train.num_steps=2", "--config.train.eval_every=2"]
+    run = subprocess.run(
+        train, cwd=ROOT, capture_output=True, text=True, timeout=timeouts.limit(600)
+    )
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert "data: brats_sim, 16 training and 4 held-out images (1 cases)" in run.stdout
+    geometry_json = json.loads((workdir / "geometry.json").read_text())
+    assert geometry_json == {"orientation": "LPS", "spacing_mm": [2.0, 2.0, 2.0]}
+    evaluate = [sys.executable, "-m", "fuse4seg_jax.evaluate", "--workdir", str(workdir), *sim]
+    run = subprocess.run(
+        evaluate, cwd=ROOT, capture_output=True, text=True, timeout=timeouts.limit(600)
+    )
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert "SimBraTS_00004: 77 slices" in run.stdout  # 155 slices at 2 mm, the last dropped
+    rows = (workdir / "eval-validation" / "metrics.csv").read_text().splitlines()
+    assert len(rows) == 2 and "SimBraTS_00004" in rows[1]

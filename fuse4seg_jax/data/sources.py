@@ -10,6 +10,8 @@ section 2; the tf.data pipeline (pipeline.py) takes it from there.
 - "brats_fuse": BraTS-Fuse (data/tfds_brats_fuse.py), built from the BraTS
   folder `data.manual_dir`. Training slices stay whole (the pipeline crops
   them at random to `data.image_size`); held-out slices are centre-cropped.
+- "brats_sim": simulated BraTS-like cases (data/tfds_brats_sim.py, fuse4seg_jax/sim),
+  generated, no folder needed; slices as brats_fuse's.
 Splits (`DATASET_SPLITS`): phantom and harvard_mif have train and validation only,
 brats_fuse also test; asking for a split a dataset lacks (data.eval_split, or
 evaluate's --split) is a one-line ValueError naming the splits it has. A built
@@ -25,7 +27,7 @@ import numpy as np
 
 from fuse4seg_jax.data.errors import DataError
 
-DATASETS = ("phantom", "brats_fuse", "harvard_mif")
+DATASETS = ("phantom", "brats_fuse", "brats_sim", "harvard_mif")
 SPLITS = ("train", "validation", "test")
 HELD_OUT_SPLITS = SPLITS[1:]  # what data.eval_split may name
 # The splits each dataset has: the phantom is generated as train + validation; the Harvard
@@ -33,6 +35,7 @@ HELD_OUT_SPLITS = SPLITS[1:]  # what data.eval_split may name
 DATASET_SPLITS = {
     "phantom": ("train", "validation"),
     "brats_fuse": SPLITS,
+    "brats_sim": SPLITS,
     "harvard_mif": ("train", "validation"),
 }
 
@@ -52,7 +55,7 @@ def load(data_config, seed: int):
     """(train, eval) example dicts, split by case (no case in both); the eval part is
     split data.eval_split (ValueError if the dataset does not have it)."""
     check_split(data_config, data_config.eval_split)
-    if data_config.name == "brats_fuse":
+    if data_config.name in ("brats_fuse", "brats_sim"):
         return _load_brats_fuse(data_config)
     if data_config.name == "harvard_mif":
         return _load_harvard(data_config)
@@ -72,15 +75,23 @@ def load(data_config, seed: int):
 
 
 def prepared_builder(data_config, seed: int):
-    """The built TFDS builder of a labelled dataset (phantom or brats_fuse), built if needed."""
+    """The built TFDS builder of a labelled dataset (phantom, brats_fuse or brats_sim), built
+    if needed."""
     from fuse4seg_jax.data import brats, tfds_brats_fuse, tfds_phantom  # imports TensorFlow
 
-    if data_config.name == "phantom":
-        builder = tfds_phantom.make_builder(data_config, seed)
+    if data_config.name in ("phantom", "brats_sim"):
+        if data_config.name == "phantom":
+            builder = tfds_phantom.make_builder(data_config, seed)
+        else:
+            from fuse4seg_jax.data import tfds_brats_sim
+
+            builder = tfds_brats_sim.make_builder(data_config)
         builder.download_and_prepare(download_config=tfds_brats_fuse.download_config(None))
         return builder
     if data_config.name != "brats_fuse":
-        raise ValueError(f"data.name={data_config.name!r}: expected phantom or brats_fuse")
+        raise ValueError(
+            f"data.name={data_config.name!r}: expected phantom, brats_fuse or brats_sim"
+        )
     if not data_config.manual_dir:
         raise ValueError("data.manual_dir is empty: give the BraTS folder of case folders")
     manual_dir = os.path.expanduser(data_config.manual_dir)

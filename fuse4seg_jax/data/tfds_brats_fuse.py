@@ -120,6 +120,22 @@ def split_cases(case_dirs, config: BratsFuseConfig) -> dict:
     }
 
 
+def features(num_modalities: int) -> tfds.features.FeaturesDict:
+    """The features of a BraTS-style slice example (also the `brats_sim` dataset's)."""
+    return tfds.features.FeaturesDict(
+        {
+            "modalities": tfds.features.Tensor(
+                shape=(None, None, num_modalities), dtype=np.float32, encoding="zlib"
+            ),
+            "label": tfds.features.Tensor(shape=(None, None), dtype=np.uint8, encoding="zlib"),
+            "mask": tfds.features.Tensor(shape=(None, None), dtype=np.uint8, encoding="zlib"),
+            "case_id": tfds.features.Text(),
+            "slice_index": np.int32,
+            "spacing": tfds.features.Tensor(shape=(2,), dtype=np.float32),
+        }
+    )
+
+
 class BratsFuse(tfds.core.GeneratorBasedBuilder):
     """BraTS-Fuse: tumour slices of BraTS cases, split by case."""
 
@@ -138,25 +154,9 @@ class BratsFuse(tfds.core.GeneratorBasedBuilder):
     DEFAULT_CONFIG_NAME = "t1ce_flair"
 
     def _info(self):
-        m = len(self.builder_config.modalities)
         return self.dataset_info_from_configs(
             description=__doc__.splitlines()[0],
-            features=tfds.features.FeaturesDict(
-                {
-                    "modalities": tfds.features.Tensor(
-                        shape=(None, None, m), dtype=np.float32, encoding="zlib"
-                    ),
-                    "label": tfds.features.Tensor(
-                        shape=(None, None), dtype=np.uint8, encoding="zlib"
-                    ),
-                    "mask": tfds.features.Tensor(
-                        shape=(None, None), dtype=np.uint8, encoding="zlib"
-                    ),
-                    "case_id": tfds.features.Text(),
-                    "slice_index": np.int32,
-                    "spacing": tfds.features.Tensor(shape=(2,), dtype=np.float32),
-                }
-            ),
+            features=features(len(self.builder_config.modalities)),
             supervised_keys=None,
         )
 

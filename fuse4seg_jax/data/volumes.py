@@ -7,6 +7,9 @@ at a time:
   (tfds_brats_fuse.split_cases on `data.manual_dir`, the same cases whose selected slices
   form the TFDS split), read and normalised by brats.read_case as for training and
   prediction.
+- "brats_sim": the split's simulated cases (tfds_brats_sim.py: train indices 0 ..
+  num_train_cases - 1, then num_eval_cases each for validation and test), simulated
+  and normalised whole by sim/release.py as for the TFDS slices.
 - "phantom": the split's subjects (train: case ids 0 .. num_train_cases - 1, validation:
   the next num_eval_cases), each rendered whole by phantom.make_case on the cube the
   training slices were cut from: image_size^3 voxels of FOV_MM / image_size mm. Its
@@ -27,7 +30,7 @@ import numpy as np
 from fuse4seg_jax.data import brats, sources
 from fuse4seg_jax.data.errors import DataError
 
-DATASETS = ("phantom", "brats_fuse")  # the labelled datasets made of 3D cases
+DATASETS = ("phantom", "brats_fuse", "brats_sim")  # the labelled datasets made of 3D cases
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,7 +50,27 @@ def split_cases(data_config, seed: int, split: str) -> list[VolumeCase]:
     sources.check_split(data_config, split)
     if data_config.name == "phantom":
         return _phantom_cases(data_config, seed, split)
+    if data_config.name == "brats_sim":
+        return _sim_cases(data_config, split)
     return _brats_cases(data_config, split)
+
+
+def _sim_cases(data_config, split) -> list[VolumeCase]:
+    from fuse4seg_jax.sim import release
+
+    n_train, n_eval = int(data_config.num_train_cases), int(data_config.num_eval_cases)
+    first = {"train": 0, "validation": n_train, "test": n_train + n_eval}[split]
+    count = n_train if split == "train" else n_eval
+    mods, spacing = tuple(data_config.modalities), float(data_config.sim_spacing_mm)
+
+    def loader(index):
+        def load():
+            images, label, _, voxel = release.read_case(data_config.sim_seed, index, mods, spacing)
+            return images, label, voxel
+
+        return load
+
+    return [VolumeCase(release.NAME.format(i), loader(i)) for i in range(first, first + count)]
 
 
 def _phantom_cases(data_config, seed, split) -> list[VolumeCase]:
