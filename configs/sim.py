@@ -10,11 +10,11 @@ validation, 10 test; a few minutes on 2 cores), then trains on 96 x 96 crops of 
 Runtime and Dice: see README (measured).
 """
 
-from configs import default
+from configs import demo
 
 
 def get_config():
-    config = default.get_config()
+    config = demo.get_config()  # the demo's training budget and schedule
     config.data.name = "brats_sim"
     config.data.sim_spacing_mm = 2.0
     config.data.image_size = 96
@@ -22,9 +22,4 @@ def get_config():
     config.data.num_eval_cases = 10
     config.data.slices_per_case = 8
     config.data.min_tumour_area = 25  # pixels of 4 mm2: 100 mm2, as brats_fuse at 1 mm
-    config.train.num_steps = 1500
-    config.train.batch_size = 16
-    config.train.log_every = 50
-    config.train.eval_every = 500
-    config.train.checkpoint_every = 500
     return config
