@@ -7,6 +7,8 @@
 - `save_fusion_figure`: fusion-only data (Harvard): sources | fused (| fused in colour).
 - `case_preview`: a predicted BraTS volume's slices with the most tumour (predict), in
   radiological convention with orientation marks and the overlay's legend.
+- `case_views`: BraTS-layout cases (real or simulated) in three planes through the
+  tumour: each contrast | labels (docs/sim_cases.png, benchmarks/plot_cases.py).
 
 Figures are built on `matplotlib.figure.Figure`, not pyplot: no GUI backend is chosen
 or needed and no global figure list grows; `save_png` also closes pyplot figures.
@@ -167,6 +169,45 @@ def case_preview(modalities, names, fused, pred, affine=None) -> Figure:
         fig.tight_layout(rect=(0, 0.03, 1, 1))
     else:
         fig.tight_layout()
+    return fig
+
+
+def three_planes(volume_ras, centre):
+    """(axial, coronal, sagittal) slices of a RAS volume (X, Y, Z, ...) through voxel
+    `centre`, arranged for imshow: axial and coronal in radiological convention (the
+    patient's right on the left; anterior / superior at the top), sagittal with anterior on
+    the left and superior at the top."""
+    x, y, z = (int(c) for c in centre)
+    v = np.asarray(volume_ras)
+    return (
+        orientation.display_radiological(v[:, :, z]),
+        np.swapaxes(v[::-1, y, ::-1], 0, 1),
+        np.swapaxes(v[x, ::-1, ::-1], 0, 1),
+    )
+
+
+def case_views(cases, names) -> Figure:
+    """cases: [(title, modalities (H, W, D, M) in [0, 1], label (H, W, D) 0..3, affine)]:
+    per case three rows (axial, coronal, sagittal through the tumour's centre of mass),
+    columns: each modality named in `names`, then labels over the second modality."""
+    rows = 3 * len(cases)
+    fig, axes = _grid(rows, len(names) + 1, 1.9, 1.9)
+    for i, (title, mods, label, affine) in enumerate(cases):
+        to_ras = orientation.Reorientation.between(affine, "RAS")
+        mods, label = to_ras.apply(mods), to_ras.apply(label)
+        tumour = np.argwhere(label > 0)
+        centre = tumour.mean(0) if len(tumour) else np.asarray(label.shape) / 2.0
+        planes = [three_planes(mods[..., j], centre) for j in range(len(names))]
+        label_planes = three_planes(label, centre)
+        for v, view in enumerate(("axial", "coronal", "sagittal")):
+            row = 3 * i + v
+            for j, name in enumerate(names):
+                _panel(axes[row, j], planes[j][v], title=name.upper() if row == 0 else None)
+            base = planes[min(1, len(names) - 1)][v]
+            _panel(axes[row, -1], base, label_planes[v], "labels" if row == 0 else None)
+            axes[row, 0].set_ylabel(f"{title}\n{view}" if v == 0 else view, fontsize=8)
+    fig.text(0.5, 0.003, OVERLAY_LEGEND, ha="center", fontsize=8)
+    fig.tight_layout(rect=(0, 0.015, 1, 1))
     return fig
 
 

@@ -89,8 +89,9 @@ def display_radiological(slice_ras) -> np.ndarray:
     """An axial slice indexed [x, y] in RAS (x grows towards the patient's Right, y
     towards Anterior) -> the array to show with imshow's default origin="upper" in the
     radiological convention: the patient's right on the image's left, anterior at the
-    top. Row r, column c shows x = X-1-c, y = Y-1-r, i.e. `slice_ras[::-1, ::-1].T`."""
-    return np.asarray(slice_ras)[::-1, ::-1].T
+    top. Row r, column c shows x = X-1-c, y = Y-1-r, i.e. `slice_ras[::-1, ::-1].T` (for a
+    slice with trailing channel axes, only the first two are swapped)."""
+    return np.swapaxes(np.asarray(slice_ras)[::-1, ::-1], 0, 1)
 
 
 def _grid_map(n_from: int, s_from: float, n_to: int, s_to: float):

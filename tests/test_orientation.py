@@ -136,3 +136,19 @@ def test_geometry_file_is_written_and_read_back_with_fallbacks(tmp_path):
     with pytest.raises(ValueError, match="geometry.json: not a run geometry") as e:
         run_geometry.read(workdir)
     assert "\n" not in str(e.value)
+
+
+def test_three_planes_put_right_left_superior_up_and_anterior_left():
+    from fuse4seg_jax.figures import three_planes
+
+    volume = np.zeros((10, 12, 14), np.int32)  # RAS: x to the Right, y Anterior, z Superior
+    volume[9, 6, 7] = 1  # the patient's rightmost voxel through the centre
+    volume[5, 11, 7] = 2  # most anterior
+    volume[5, 6, 13] = 3  # most superior
+    axial, coronal, sagittal = three_planes(volume, (5, 6, 7))
+    assert axial.shape == (12, 10) and coronal.shape == (14, 10) and sagittal.shape == (14, 12)
+    assert np.argwhere(axial == 1)[0][1] == 0  # right on the image's left (radiological)
+    assert np.argwhere(axial == 2)[0][0] == 0  # anterior at the top
+    assert np.argwhere(coronal == 3)[0][0] == 0 and np.argwhere(coronal == 1)[0][1] == 0
+    assert np.argwhere(sagittal == 3)[0][0] == 0  # superior at the top
+    assert np.argwhere(sagittal == 2)[0][1] == 0  # anterior on the left
