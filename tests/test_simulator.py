@@ -1,6 +1,6 @@
 """The BraTS-like simulator (fuse4seg_jax/sim, fuse4seg_jax.simulate): determinism, label
 anatomy, the contrast rules of contrast.py, and BraTS folders the reader takes in both
-namings. Needs nilearn (its wheel carries the ICBM152 templates): skipped without it."""
+namings, the in-memory dataset source, a two-step training run. Needs nilearn (its wheel carries the ICBM152 templates): skipped without it."""
 
 import json
 import os
@@ -124,6 +124,7 @@ def _simulate(out, *args):
     )
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("naming", ["2021", "2023"])
 def test_cli_folders_read_back_as_brats(tmp_path, full_case, naming):
     index, case = full_case
@@ -157,6 +158,7 @@ def test_cli_folders_read_back_as_brats(tmp_path, full_case, naming):
     assert [p.name for p in out.iterdir() if p.is_dir()] == [folder.name]  # nothing written
 
 
+@pytest.mark.slow
 def test_in_memory_cases_equal_the_written_folders(tmp_path, full_case):
     """sim/release.py (the brats_sim dataset's source) gives what the BraTS reader gives
     for the folder the simulate command writes."""
