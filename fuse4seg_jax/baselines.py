@@ -1,6 +1,6 @@
 """The baselines Fuse4Seg is measured against, from the same code, data and budget.
 
-`config.model.kind` chooses what is trained (docs/METHOD.md section 6; which kind a config
+`config.model.kind` chooses what is trained (docs/method.md section 6; which kind a config
 is, and how its step is put together, is resolved once by recipe.py):
 
 - "fuse4seg" (default): image-level fusion, the two networks coupled by the
@@ -144,7 +144,7 @@ def make_train_step(kind: str, pipe, fusion_tx, seg_tx, fusion_steps: int = 0):
     def two_stage_step(state, batch):
         # Both phases run and the current stage's result is kept. A lax.cond would run only
         # one, but XLA:CPU runs convolutions inside conditional branches (as inside loops,
-        # STACK.md) several times slower: 0.5 steps/s against 4.1 for this form in the
+        # docs/stack.md) several times slower: 0.5 steps/s against 4.1 for this form in the
         # comparison setting; the two phases together cost about one `joint` step.
         first = state.step < fusion_steps
         stage1, stage2 = fuse_step(state, batch), seg_step(state, batch)

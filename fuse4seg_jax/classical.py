@@ -1,4 +1,4 @@
-"""Classical image fusion without training: the "classical" baselines (METHOD.md section 6).
+"""Classical image fusion without training: the "classical" baselines (docs/method.md section 6).
 
 Every method maps co-registered sources `modalities` (B, H, W, M) float in
 [0, 1], M >= 2, NHWC, to one fused image (B, H, W, 1) float32 (float64 passes

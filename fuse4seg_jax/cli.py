@@ -17,7 +17,7 @@ EXIT_USAGE = 2
 
 def default_cpu_devices():
     """One XLA CPU device per core unless the user chose: XLA:CPU leaves cores idle within
-    one device (STACK.md), and the batch is split over devices. Only affects the CPU
+    one device (docs/stack.md), and the batch is split over devices. Only affects the CPU
     platform; must run before jax is imported."""
     flag_text = os.environ.get("XLA_FLAGS", "")
     if "xla_force_host_platform_device_count" not in flag_text:

@@ -1,6 +1,6 @@
 """Fixed linear image filters on NHWC arrays: Gaussian blur, Sobel, gradient magnitude.
 
-Used by the fusion network (base/detail split, METHOD.md section 3) and by the
+Used by the fusion network (base/detail split, docs/method.md section 3) and by the
 fusion losses (section 4). Everything is pure `jax.numpy`, linear (apart from
 `gradient_magnitude`) and twice differentiable.
 

@@ -1,4 +1,4 @@
-"""Fusion and segmentation losses (METHOD.md section 4), pure `jax.numpy`.
+"""Fusion and segmentation losses (docs/method.md section 4), pure `jax.numpy`.
 
 Conventions: sources I (B, H, W, M) float in [0, 1] (M >= 1 co-registered
 modalities), fused image F (B, H, W, 1) float in [0, 1], segmentation logits

@@ -1,4 +1,4 @@
-"""The Fuse4Seg bi-level objectives, in the orientation the config chooses (METHOD.md s. 5).
+"""The Fuse4Seg bi-level objectives, in the orientation the config chooses (docs/method.md s. 5).
 
 Two networks: fusion F_theta (modalities -> one fused image) and segmentation
 S_phi (fused image -> logits). `bilevel.hypergradient` works on (outer x,
@@ -59,7 +59,7 @@ def build(fusion_model, seg_model, loss_config, bilevel_config, seg_mode="softma
     """Objectives for the orientation `bilevel_config.inner` (weights read once here).
 
     Batches are dicts with `modalities` (B, H, W, M) float32 in [0, 1] and
-    `label` (B, H, W) int32 (METHOD.md section 2).
+    `label` (B, H, W) int32 (docs/method.md section 2).
     """
     inner = bilevel_config.inner
     if inner not in ORIENTATIONS:

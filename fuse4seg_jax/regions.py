@@ -1,4 +1,4 @@
-"""BraTS label and region conventions (METHOD.md section 2).
+"""BraTS label and region conventions (docs/method.md section 2).
 
 Labels: 0 background, 1 necrotic core (NCR/NETC), 2 oedema (ED/SNFH),
 3 enhancing tumour (ET). BraTS up to 2021 stores ET as 4; readers map 4 -> 3.

@@ -89,5 +89,5 @@ def replicas_agree(tree) -> bool:
 
 def needs_sync_every_step(mesh: Mesh) -> bool:
     """Several CPU devices can deadlock in an all-reduce when many small steps are
-    dispatched asynchronously (STACK.md); wait on every step there."""
+    dispatched asynchronously (docs/stack.md); wait on every step there."""
     return mesh.devices.size > 1 and mesh.devices.flat[0].platform == "cpu"

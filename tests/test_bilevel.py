@@ -1,4 +1,4 @@
-"""Tests of fuse4seg_jax.bilevel against the closed-form quadratic oracle (HYPERGRAD.md).
+"""Tests of fuse4seg_jax.bilevel against the closed-form quadratic oracle (docs/hypergradients.md).
 
 Quadratic bilevel problem on pytrees, flattened with ravel_pytree:
 f = 1/2 y'Ay - y'(Bx + c) (A SPD), F = 1/2 |Cy - d|^2 + rho/2 |x|^2. With inner

@@ -1,6 +1,6 @@
 """Compiled-memory regression for truncated unrolling, and differentiability / dtype of CG.
 
-Memory (HYPERGRAD.md oracle 4): with K differentiated steps fixed, the truncated unroll's
+Memory (docs/hypergradients.md oracle 4): with K differentiated steps fixed, the truncated unroll's
 temporary buffers (`memory_analysis().temp_size_in_bytes`) must not grow with the total T,
 since the T - K undifferentiated steps run in their own scan behind `lax.stop_gradient`;
 the untruncated unroll over T steps stores its trajectory and grows.

@@ -1,6 +1,6 @@
 """Closed-form quadratic oracles for implicit_cg, implicit_neumann, darts, bdl and truncation.
 
-Same problem as tests/test_bilevel.py (HYPERGRAD.md oracle 1): f = 1/2 y'Ay - y'(Bx + c),
+Same problem as tests/test_bilevel.py (docs/hypergradients.md oracle 1): f = 1/2 y'Ay - y'(Bx + c),
 F = 1/2 |Cy - d|^2 + rho/2 |x|^2, so H = A, f_xy v = -B'v, F_x = rho x, F_y = C'(Cy - d),
 y* = A^-1 (Bx + c) and grad Phi = rho x + B' A^-1 C'(C y* - d). Every method evaluated at
 y_K gives the matching formula with y_K in place of y* (checked exactly), and converges to
@@ -117,8 +117,8 @@ def test_unrolled_from_ystar_equals_neumann(orientation):
 
     y_k = y* for all k, so dy_K/dx = alpha sum_{j<K} M^j B with M = I - alpha A and the
     unrolled hypergradient is rho x + B' alpha sum_{j<K} M^j F_y: the Neumann estimate with
-    neumann_steps = K terms (powers 0..K-1, i.e. K - 1 HVPs: the "K - 1" of HYPERGRAD.md
-    counts the products beyond the identity term).
+    neumann_steps = K terms (powers 0..K-1, i.e. K - 1 HVPs beyond the identity term;
+    docs/hypergradients.md, oracle 1).
     """
     f, F, x, y0, arr = _quadratic(orientation, seed=12)
     ystar = _ystar(x, y0, arr)

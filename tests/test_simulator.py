@@ -1,6 +1,7 @@
 """The BraTS-like simulator (fuse4seg_jax/sim, fuse4seg_jax.simulate): determinism, label
-anatomy, the contrast rules of contrast.py, and BraTS folders the reader takes in both
-namings, the in-memory dataset source, a two-step training run. Needs nilearn (its wheel carries the ICBM152 templates): skipped without it."""
+anatomy, the contrast rules of contrast.py, BraTS folders the reader takes in both namings,
+the in-memory dataset source, and a two-step training run. Needs nilearn (its wheel
+carries the ICBM152 templates): skipped without it."""
 
 import json
 import os

@@ -1,6 +1,6 @@
 """Hypergradients of a bi-level problem on arbitrary pytrees and loss functions.
 
-The problem (HYPERGRAD.md notation):
+The problem (docs/hypergradients.md notation):
 
     min_x Phi(x) = F(x, y*(x)),   y*(x) = argmin_y f(x, y),
 
@@ -8,7 +8,7 @@ with leader (outer) parameters x and follower (inner) parameters y, inner
 objective f and outer objective F. By the implicit function theorem, with
 H = d2f/dy2 at y*, grad Phi = F_x - f_xy H^-1 F_y. This package only ever sees
 x, y, f and F: it knows nothing about images or networks. Which network is x
-and which is y is the trainer's decision (METHOD.md section 5: inner =
+and which is y is the trainer's decision (docs/method.md section 5: inner =
 "fusion" or inner = "segmentation"); both orientations go through the same
 code and are tested on a closed-form quadratic problem.
 
@@ -21,7 +21,7 @@ Batches: `inner_batch` feeds f and therefore everything derived from it (the
 inner gradient steps, the Hessian-vector products H v and the mixed products
 f_xy v); `outer_batch` feeds F (F_x, F_y and the reported outer loss).
 
-Methods (`hypergradient(method, ...)`; costs from HYPERGRAD.md, G = one
+Methods (`hypergradient(method, ...)`; costs from docs/hypergradients.md, G = one
 gradient evaluation, K = inner_steps, P = inner parameter count):
 
 - "first_order": K inner optimiser steps on f (not differentiated), then
@@ -40,7 +40,7 @@ gradient evaluation, K = inner_steps, P = inner parameter count):
     update U(g, s, y), then obtains the mixed product f_xy gbar and the HVP
     H gbar from one forward-over-reverse linearisation of
     y -> (grad_x f, grad_y f). It recomputes each step's activations, so it
-    is rematerialised by construction and ignores `remat`. STACK.md measured
+    is rematerialised by construction and ignores `remat`. docs/stack.md measured
     forward-over-reverse about 6x faster than reverse-over-reverse through
     convolutions on CPU; on a small conv pair (batch 8, 128x128, 48
     channels, K = 1) this path took 0.63 s against 2.2 s for "grad".

@@ -6,7 +6,7 @@ v = H^-1 F_y at (x, y_K) and return grad = F_x - f_xy v.
 
 - implicit_cg: v solves (H + cg_damping I) v = F_y by `cg_steps` iterations of
   plain conjugate gradient on the damped Hessian (not CG on the normal
-  equations, which converges far slower; HYPERGRAD.md), started at v = 0 and
+  equations, which converges far slower; docs/hypergradients.md), started at v = 0 and
   wrapped in `lax.custom_linear_solve(..., symmetric=True)` so that the result
   is itself differentiable (by implicit differentiation of the linear system,
   not through the iterations). Cost: cg_steps + 1 HVPs (the last one for the

@@ -32,8 +32,8 @@ formed at (x, y_K):
   against).
 
 Products and finite differences run in float32 at least (narrower leaves of x
-and y are cast up, never down; HYPERGRAD.md measured a bf16 finite-difference
-product with cosine 0.14 to the truth). The inner batch feeds f and its
+and y are cast up, never down: a bf16 finite-difference product was measured with
+cosine 0.14 to the truth, docs/hypergradients.md). The inner batch feeds f and its
 derivatives, the outer batch F.
 """
 

@@ -7,7 +7,7 @@ Truncation (`truncate_steps = T > inner_steps = K`): T - K inner steps run in
 one undifferentiated scan, their result goes through `lax.stop_gradient`, and
 only the last K steps are differentiated in a second scan. Two scans are what
 saves memory: a `stop_gradient` inside one scan still stores every step's
-residuals for the reverse pass (HYPERGRAD.md). Memory is then O(K P), flat in T
+residuals for the reverse pass (docs/hypergradients.md). Memory is then O(K P), flat in T
 (tested with `memory_analysis()`).
 """
 

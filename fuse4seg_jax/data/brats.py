@@ -1,6 +1,6 @@
 """Read BraTS training cases (NIfTI) into normalised numpy volumes (numpy + nibabel only).
 
-Owns the reading side of the BraTS conventions (METHOD.md sections 2 and 7): finding case
+Owns the reading side of the BraTS conventions (docs/method.md sections 2 and 7): finding case
 folders, telling the two file-naming conventions apart, loading and checking a case's
 files, the intensity normalisation and the deterministic choice of axial slices.
 
@@ -22,7 +22,7 @@ may only fail then), volumes that are not 3D (trailing length-1 axes are dropped
 shapes or affines (atol 1e-3) that differ between a case's files, NaN / inf voxels, an
 all-zero or constant modality, non-integer or unexpected label values.
 
-Normalisation (METHOD.md section 2), per modality volume: the brain mask is the set of
+Normalisation (docs/method.md section 2), per modality volume: the brain mask is the set of
 voxels that are non-zero in ANY of the modalities read (BraTS images are skull-stripped
 with background exactly 0; the union keeps brain voxels that happen to be 0 in one
 modality). Inside the mask the volume is clipped to its 0.5 / 99.5 percentiles (computed
@@ -30,7 +30,7 @@ over the mask voxels) and scaled linearly to [0, 1]; outside the mask it is 0. T
 therefore depends on the modalities requested (in practice identical for co-registered
 BraTS images).
 
-Slice selection (`select_slices`, METHOD.md section 7): the tumour area of axial slice
+Slice selection (`select_slices`, docs/method.md section 7): the tumour area of axial slice
 z is the number of voxels with label > 0 in `label[:, :, z]`. Eligible slices have area
 >= max(min_tumour_area, 1). If at most `slices_per_case` slices are eligible, all are
 taken; otherwise the eligible slices (in increasing z) are cut into `slices_per_case`

@@ -14,7 +14,7 @@ Same file name in the two modality folders = registered pair. Files are
 SPECT are pseudo-colour. Research use only: never copy these images into the
 repository (tests generate their own PNGs).
 
-Colour handling (METHOD.md section 2): a colour PET/SPECT image is converted to
+Colour handling (docs/method.md section 2): a colour PET/SPECT image is converted to
 YCbCr (BT.601 full range, as in JPEG/OpenCV); its Y channel is fused with the
 MRI, and a colour fused image is rebuilt from the fused Y and the source Cb/Cr
 (`colourise`). Fusion metrics are computed on luma. So a pair is returned as

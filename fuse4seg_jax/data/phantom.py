@@ -4,10 +4,10 @@ Owns rendering the synthetic subject (drawn by phantom_subject.py: anatomy, tumo
 per-modality look): MR contrasts, partial volume, texture, bias, noise and intensity
 normalisation, rendered as a 3D case (`make_case`), as axial slices
 through the tumour (`make_slices`) or as a many-subject slice dataset in the
-batch convention of METHOD.md section 2 (`make_dataset`). Writing a case as a
+batch convention of docs/method.md section 2 (`make_dataset`). Writing a case as a
 BraTS folder lives in phantom_nifti.py (re-exported here as `write_brats_case`).
 
-Design (our choices, see METHOD.md sections 2 and 7):
+Design (our choices, see docs/method.md sections 2 and 7):
 - A subject is a set of continuous implicit functions of physical coordinates
   (mm, origin at the field-of-view centre, axes x (left-right), y (anterior-
   posterior), z (inferior-superior)), drawn from `np.random.default_rng(seed)`.
@@ -21,7 +21,7 @@ Design (our choices, see METHOD.md sections 2 and 7):
   varied by angular harmonics); two lateral ventricles (CSF) and two deep GM
   nuclei; WM elsewhere. Background is exactly 0 outside the brain mask.
 - Tumour: deformed, rotated, stretched blob placed inside a hemisphere. Nested
-  labels (BraTS convention, METHOD.md section 2): necrotic core 1 inside an
+  labels (BraTS convention, docs/method.md section 2): necrotic core 1 inside an
   enhancing rim 3 (together the tumour core, radius 10-24 mm) inside oedema 2.
   Rim 6.5-9 mm thick (>= 2 pixels at 64 px over 200 mm), core radius 35-65 % of
   the TC radius, oedema 6-20 mm beyond the rim (irregular, does not enter CSF),
@@ -34,7 +34,7 @@ Design (our choices, see METHOD.md sections 2 and 7):
   multiplicative per-tissue texture (3 % normal tissue, 6 % tumour core), a
   smooth per-modality multiplicative bias field (up to about +-13 %) and Rician
   noise (sigma 0.02-0.04 of the contrast scale) inside the brain only.
-- Normalisation (METHOD.md section 2): per modality, inside the brain mask, clip
+- Normalisation (docs/method.md section 2): per modality, inside the brain mask, clip
   to the 0.5 / 99.5 percentiles and scale to [0, 1]; background 0. A 3D case
   uses its volume; a slice set uses the pooled pixels of that case's slices. A 3D
   case can take its percentiles from given axial planes instead (`make_case`'s
@@ -277,7 +277,7 @@ def make_dataset(
 ):
     """Slices of `num_cases` subjects; subject i is `make_slices(case_seed(seed, i), ...)`.
 
-    Returns the batch dict of METHOD.md section 2 with N = num_cases * slices_per_case:
+    Returns the batch dict of docs/method.md section 2 with N = num_cases * slices_per_case:
     "modalities" (N, S, S, M) float32 in [0, 1], "label" (N, S, S) int32, "mask" (N, S, S)
     float32, "case_id" (N,) int32 (= i), "slice_index" (N,) int32.
     """

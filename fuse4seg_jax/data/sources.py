@@ -1,7 +1,7 @@
 """Where training and evaluation examples come from, by `config.data.name`.
 
 Both datasets are TFDS datasets, built on first use into `data.tfds_dir` and
-read back into in-memory numpy dicts in the batch convention of METHOD.md
+read back into in-memory numpy dicts in the batch convention of docs/method.md
 section 2; the tf.data pipeline (pipeline.py) takes it from there.
 - "phantom": the built-in synthetic data (data/tfds_phantom.py), generated.
 - "harvard_mif": Harvard atlas pairs of set `data.harvard_set` from the folder

@@ -1,4 +1,4 @@
-"""`brats_fuse`: the BraTS-Fuse benchmark as a TFDS dataset (METHOD.md section 7).
+"""`brats_fuse`: the BraTS-Fuse benchmark as a TFDS dataset (docs/method.md section 7).
 
 Built from a local BraTS training folder (a folder of case folders, either
 naming convention) given as the manual dir; BraTS requires registration, so

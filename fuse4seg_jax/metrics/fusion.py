@@ -197,7 +197,7 @@ def vif(f, a, b) -> float:
     images are 'valid'-filtered and subsampled by 2 first. Local means,
     variances (clipped at 0) and covariance by 'valid' filtering; gain
     g = cov/(var_ref + 1e-10) and distortion sv2 = var_dist - g cov, corrected
-    for flat windows and negative gains as METRICS.md lists; noise variance 2;
+    for flat windows and negative gains as docs/metrics.md lists; noise variance 2;
     vifp = sum log10(1 + g^2 var_ref/(sv2 + 2)) / sum log10(1 + var_ref/2),
     NaN -> 1. Needs both sides >= 41 pixels (ValueError otherwise).
     Same in both conventions."""
@@ -288,7 +288,7 @@ def mse(f, a, b) -> float:
 
 def psnr(f, a, b) -> float:
     """PSNR: 10 log10(max(F)^2 / MSE) with MSE as `mse` (peak = max(F), not 255,
-    in both conventions as METRICS.md defines it); inf when MSE is 0."""
+    in both conventions as docs/metrics.md defines it); inf when MSE is 0."""
     f, a, b = _images(f, a, b)
     with np.errstate(divide="ignore", invalid="ignore"):
         return float(10.0 * np.log10(np.max(f) ** 2 / mse(f, a, b)))

@@ -1,8 +1,8 @@
 """Segmentation metrics on host numpy arrays: Dice, HD95, sensitivity, specificity.
 
-Regions (METHOD.md section 2): WT = {1,2,3}, TC = {1,3}, ET = {3}; label maps
+Regions (docs/method.md section 2): WT = {1,2,3}, TC = {1,3}, ET = {3}; label maps
 must hold labels 0..3 only (the region functions raise ValueError otherwise).
-Empty-mask conventions (BraTS, docs METRICS.md):
+Empty-mask conventions (BraTS, docs/metrics.md):
 - Dice: both prediction and truth empty -> 1; exactly one empty -> 0.
 - HD95: both empty -> 0 mm; exactly one empty -> `HD95_EMPTY` = 373 mm.
 - Sensitivity TP / (TP + FN): empty truth -> 1 if the prediction is empty, else 0.

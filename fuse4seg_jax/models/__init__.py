@@ -1,6 +1,6 @@
 """Model zoo: named fusion and segmentation variants and their lookup.
 
-Variants are `functools.partial`s of the module classes (STYLE.md habit 12),
+Variants are `functools.partial`s of the module classes (as the Flax examples name their variants),
 each with a tiny twin for tests. `get_*_model(name, **overrides)` builds one,
 e.g. `get_segmentation_model("unet_small", dtype=jnp.bfloat16)`.
 

@@ -1,4 +1,4 @@
-"""Feature-level fusion baselines, the paper's foil (METHOD.md section 6).
+"""Feature-level fusion baselines, the paper's foil (docs/method.md section 6).
 
 Feature-level methods fuse the modalities inside the segmentation network,
 so no fused image exists. Two baselines:

@@ -1,4 +1,4 @@
-"""The frequency-decoupled fusion network F_theta (METHOD.md section 3).
+"""The frequency-decoupled fusion network F_theta (docs/method.md section 3).
 
 Input: co-registered sources (B, H, W, M) in [0, 1], any M >= 1 (with the default
 merge the model has no M-dependent parameters). Output: one fused image (B, H, W, 1) float32

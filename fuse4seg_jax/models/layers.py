@@ -114,7 +114,7 @@ def upsample_transposed(x, kernel, bias=None):
     Equals nn.ConvTranspose(kernel_size=(f, f), strides=(f, f),
     padding="VALID") given the spatially flipped kernel kernel[::-1, ::-1]
     (Flax's default transpose_kernel=False flips), but avoids XLA:CPU's slow
-    conv-transpose path (STACK.md).
+    conv-transpose path (docs/stack.md).
 
     Args:
       x: (B, H, W, Cin). kernel: (f, f, Cin, Cout). bias: (Cout,) or None.

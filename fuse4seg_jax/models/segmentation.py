@@ -1,4 +1,4 @@
-"""2D U-Net segmentation network S_phi in the nnU-Net manner (METHOD.md section 3).
+"""2D U-Net segmentation network S_phi in the nnU-Net manner (docs/method.md section 3).
 
 (B, H, W, C) float, any C (1 for the fused image, M for early-fusion
 baselines) -> logits (B, H, W, num_classes) float32.
