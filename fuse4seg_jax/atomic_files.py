@@ -23,10 +23,14 @@ def atomic_path(path) -> str:
     suffix = ".nii.gz" if str(path).endswith(".nii.gz") else os.path.splitext(path)[1]
     fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=suffix)  # nibabel: by suffix
     os.close(fd)
+    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give outputs the usual permissions
+    return tmp
+
+
+def _umask() -> int:
     umask = os.umask(0)
     os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give outputs the usual permissions
-    return tmp
+    return umask
 
 
 def _remove(tmp):
@@ -91,6 +95,7 @@ def atomic_dir(out):
     parent = os.path.dirname(out)
     os.makedirs(parent, exist_ok=True)
     tmp = tempfile.mkdtemp(dir=parent, prefix=f".{os.path.basename(out)}.partial-")
+    os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700; give the folder the usual mode
     try:
         yield tmp
         if os.path.exists(out):
