@@ -123,6 +123,17 @@ def _drop_thread_noise_after_error(args):
         threading.__excepthook__(args)
 
 
+def _show_flags_in_help(defining_module: str):
+    """`--help` lists the main module's flags; a command whose flags another module defines
+    (ablate uses train's) gets them listed too."""
+    from absl import flags
+
+    if defining_module == "__main__":
+        return
+    for flag in flags.FLAGS.get_key_flags_for_module(defining_module):
+        flags.FLAGS.register_key_flag_for_module(sys.argv[0], flag)
+
+
 def run(main, define_flags, argv=None):
     """Define the command's flags, parse argv and call main(argv); an unknown
     `--config.<key>` override stops with one line naming it (ml-collections raises a
@@ -130,6 +141,7 @@ def run(main, define_flags, argv=None):
     from absl import app
 
     define_flags()
+    _show_flags_in_help(define_flags.__module__)
     sys.unraisablehook = _drop_closed_loop_noise
     threading.excepthook = _drop_thread_noise_after_error
     argv = list(sys.argv if argv is None else argv)

@@ -95,3 +95,13 @@ def test_every_command_maps_a_users_os_error_to_one_line_and_keeps_other_ones(ca
     with pytest.raises(OSError) as e:
         cli.fail_os_error(bug)
     assert e.value is bug
+
+
+def test_ablate_help_lists_the_flags_it_takes_from_train():
+    proc = subprocess.run(
+        [sys.executable, "-m", "fuse4seg_jax.ablate", "--help"],
+        cwd=ROOT, capture_output=True, text=True, timeout=timeouts.limit(120),
+    )  # fmt: skip
+    assert proc.returncode == 0
+    for flag in ("--config:", "--workdir:", "--[no]distributed:"):
+        assert flag in proc.stdout, flag
