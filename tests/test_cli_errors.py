@@ -102,6 +102,6 @@ def test_ablate_help_lists_the_flags_it_takes_from_train():
         [sys.executable, "-m", "fuse4seg_jax.ablate", "--help"],
         cwd=ROOT, capture_output=True, text=True, timeout=timeouts.limit(120),
     )  # fmt: skip
-    assert proc.returncode == 0
+    assert "Ablation and comparison runner" in proc.stdout  # absl exits 1 after --help
     for flag in ("--config:", "--workdir:", "--[no]distributed:"):
         assert flag in proc.stdout, flag
