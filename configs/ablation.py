@@ -9,7 +9,9 @@ table, the CSV and the training curves go to the workdir.
 
 import ml_collections
 
-from configs import demo
+from fuse4seg_jax.config_files import sibling
+
+demo = sibling(__file__, "demo")
 
 
 def get_config():

@@ -6,7 +6,10 @@ hypergradient methods, seeds and step budget of the phantom ablation.
 Runtime: see README (measured).
 """
 
-from configs import ablation, compare_sim
+from fuse4seg_jax.config_files import sibling
+
+ablation = sibling(__file__, "ablation")
+compare_sim = sibling(__file__, "compare_sim")
 
 
 def get_config():

@@ -14,7 +14,9 @@ this project); on 2 CPU cores a step at this size takes seconds, so CPU runs
 are for smoke tests only (e.g. with --config.train.num_steps=20).
 """
 
-from configs import default
+from fuse4seg_jax.config_files import sibling
+
+default = sibling(__file__, "default")
 
 
 def get_config():

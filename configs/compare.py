@@ -22,7 +22,9 @@ optax-trained network (bilevel.inner_schedule = "outer").
 
 import ml_collections
 
-from configs import demo
+from fuse4seg_jax.config_files import sibling
+
+demo = sibling(__file__, "demo")
 
 
 def get_config():

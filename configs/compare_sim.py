@@ -7,7 +7,10 @@ The first run simulates the dataset (100 cases at 2 mm); every run then trains o
 crops, about 2.3 times the phantom's pixels per step. Runtime: see README (measured).
 """
 
-from configs import compare, sim
+from fuse4seg_jax.config_files import sibling
+
+compare = sibling(__file__, "compare")
+sim = sibling(__file__, "sim")
 
 SIM_DATA_KEYS = ("name", "sim_spacing_mm", "image_size", "num_train_cases", "num_eval_cases",
                  "slices_per_case", "min_tumour_area")  # fmt: skip

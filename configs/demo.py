@@ -5,7 +5,9 @@
 Hardware: 2 CPU cores. Runtime and Dice: see README (measured).
 """
 
-from configs import default
+from fuse4seg_jax.config_files import sibling
+
+default = sibling(__file__, "default")
 
 
 def get_config():

@@ -10,7 +10,9 @@ validation, 10 test; a few minutes on 2 cores), then trains on 96 x 96 crops of 
 Runtime and Dice: see README (measured).
 """
 
-from configs import demo
+from fuse4seg_jax.config_files import sibling
+
+demo = sibling(__file__, "demo")
 
 
 def get_config():

@@ -5,7 +5,9 @@
 Hardware: any CPU; under a minute including compilation.
 """
 
-from configs import default
+from fuse4seg_jax.config_files import sibling
+
+default = sibling(__file__, "default")
 
 
 def get_config():

@@ -123,6 +123,23 @@ def _drop_thread_noise_after_error(args):
         threading.__excepthook__(args)
 
 
+def _resolve_config(argv: list) -> list:
+    """argv with a `--config` naming a shipped config (`--config demo`) replaced by its path
+    (config_files.resolve); an unknown name is a one-line usage error."""
+    from fuse4seg_jax import config_files
+
+    out = list(argv)
+    for i, arg in enumerate(out):
+        try:
+            if arg == "--config" and i + 1 < len(out):
+                out[i + 1] = config_files.resolve(out[i + 1])
+            elif arg.startswith("--config="):
+                out[i] = "--config=" + config_files.resolve(arg.split("=", 1)[1])
+        except ValueError as e:
+            fail(e, EXIT_USAGE)
+    return out
+
+
 def _show_flags_in_help(defining_module: str):
     """`--help` lists the main module's flags; a command whose flags another module defines
     (ablate uses train's) gets them listed too."""
@@ -144,7 +161,7 @@ def run(main, define_flags, argv=None):
     _show_flags_in_help(define_flags.__module__)
     sys.unraisablehook = _drop_closed_loop_noise
     threading.excepthook = _drop_thread_noise_after_error
-    argv = list(sys.argv if argv is None else argv)
+    argv = _resolve_config(list(sys.argv if argv is None else argv))
     try:
         app.run(main, argv=argv)
     except SystemExit:

@@ -105,3 +105,10 @@ def test_ablate_help_lists_the_flags_it_takes_from_train():
     assert "Ablation and comparison runner" in proc.stdout  # absl exits 1 after --help
     for flag in ("--config:", "--workdir:", "--[no]distributed:"):
         assert flag in proc.stdout, flag
+
+
+def test_an_unknown_config_name_is_one_usage_line(tmp_path):
+    code, lines = _train("--config", "nosuch", "--workdir", str(tmp_path / "w"))
+    assert code == 2
+    assert lines[-1].startswith("error: --config nosuch: no such file, and no shipped config")
+    assert "demo" in lines[-1] and not (tmp_path / "w").exists()

@@ -143,3 +143,42 @@ def test_ablation_validates_every_run_before_the_first(tmp_path):
     with pytest.raises(ConfigError, match="ablation.baselines entry 'single'"):
         ablate.run_ablation(config, str(tmp_path))
     assert not list(tmp_path.iterdir())  # no run was started
+
+
+def test_config_names_resolve_to_the_shipped_files(tmp_path):
+    from fuse4seg_jax import config_files
+
+    root = pathlib.Path(__file__).parents[1]
+    assert config_files.resolve("demo") == str(root / "configs" / "demo.py")
+    assert config_files.resolve("tiny.py") == str(root / "configs" / "tiny.py")
+    mine = tmp_path / "mine.py"
+    mine.write_text("")
+    assert config_files.resolve(str(mine)) == str(mine)  # an existing path is kept
+    with pytest.raises(ValueError, match=r"no shipped config.*\bdemo\b.*\btiny\b"):
+        config_files.resolve("nosuch")
+    assert set(CONFIGS) == set(config_files.shipped_names())
+
+
+@pytest.mark.parametrize("name", ["compare_sim", "ablation_sim", "demo"])
+def test_configs_load_from_any_folder(tmp_path, name):
+    """A config loads its neighbours by path: with only the package importable (no clone on
+    sys.path) and another working folder, it still builds."""
+    import subprocess
+    import sys
+
+    root = pathlib.Path(__file__).parents[1]
+    (tmp_path / "pkg").mkdir()
+    (tmp_path / "pkg" / "fuse4seg_jax").symlink_to(root / "fuse4seg_jax")
+    path = str(root / "configs" / f"{name}.py")
+    code = (
+        "import importlib.util, sys\n"
+        f"spec = importlib.util.spec_from_file_location('c', {path!r})\n"
+        "m = importlib.util.module_from_spec(spec); spec.loader.exec_module(m)\n"
+        "print(m.get_config().data.name)\n"
+    )
+    env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(tmp_path / "pkg")}
+    proc = subprocess.run(
+        [sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == ("phantom" if name == "demo" else "brats_sim")
