@@ -41,3 +41,17 @@ def test_a_test_split_is_refused_not_served_from_validation(tmp_path):
     with pytest.raises(ValueError, match="its splits are train, validation$"):
         sources.load(config, seed=5)
     assert not list(tmp_path.rglob("dataset_info.json"))  # refused before any build
+
+
+def test_a_build_says_what_it_builds_and_nothing_of_tfds(tmp_path, capfd):
+    from fuse4seg_jax.data import sources
+
+    config = tiny.get_config()
+    config.data.tfds_dir = str(tmp_path)
+    sources.prepared_builder(config.data, 0)
+    out, err = capfd.readouterr()
+    assert "Downloading and preparing" not in out + err and "Generating" not in out + err
+    assert "building the phantom dataset" in err and "built the phantom dataset" in err
+    sources.prepared_builder(config.data, 0)  # built: reused without a word
+    out, err = capfd.readouterr()
+    assert "building" not in err

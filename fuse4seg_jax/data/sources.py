@@ -77,7 +77,9 @@ def load(data_config, seed: int):
 def prepared_builder(data_config, seed: int):
     """The built TFDS builder of a labelled dataset (phantom, brats_fuse or brats_sim), built
     if needed."""
-    from fuse4seg_jax.data import brats, tfds_brats_fuse, tfds_phantom  # imports TensorFlow
+    from fuse4seg_jax.data import brats, building, tfds_brats_fuse, tfds_phantom  # TensorFlow
+
+    building.quiet_tfds()  # before the builders are made: they log their configs
 
     if data_config.name in ("phantom", "brats_sim"):
         if data_config.name == "phantom":
@@ -86,8 +88,8 @@ def prepared_builder(data_config, seed: int):
             from fuse4seg_jax.data import tfds_brats_sim
 
             builder = tfds_brats_sim.make_builder(data_config)
-        builder.download_and_prepare(download_config=tfds_brats_fuse.download_config(None))
-        return builder
+        what = "phantom" if data_config.name == "phantom" else "simulated BraTS-like"
+        return building.prepare(builder, tfds_brats_fuse.download_config(None), what)
     if data_config.name != "brats_fuse":
         raise ValueError(
             f"data.name={data_config.name!r}: expected phantom, brats_fuse or brats_sim"
@@ -99,8 +101,8 @@ def prepared_builder(data_config, seed: int):
         raise DataError(data_config.manual_dir, "BraTS folder (data.manual_dir) not found")
     brats.find_cases(manual_dir)  # an empty folder: our DataError, not TFDS's AssertionError
     builder = tfds_brats_fuse.make_builder(data_config)
-    builder.download_and_prepare(download_config=tfds_brats_fuse.download_config(manual_dir))
-    return builder
+    config = tfds_brats_fuse.download_config(manual_dir)
+    return building.prepare(builder, config, f"BraTS-Fuse ({data_config.manual_dir})")
 
 
 def check_batch(batch: dict, num_modalities: int):

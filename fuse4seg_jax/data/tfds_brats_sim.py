@@ -14,6 +14,8 @@ import concurrent.futures
 import dataclasses
 import multiprocessing
 import os
+import sys
+import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
@@ -63,17 +65,24 @@ class BratsSim(tfds.core.GeneratorBasedBuilder):
         pool = concurrent.futures.ProcessPoolExecutor(workers, mp_context=context)
         last = list(splits)[-1]
         return {
-            name: self._generate_examples(pool, indices, close=name == last)
+            name: self._generate_examples(pool, indices, name, close=name == last)
             for name, indices in splits.items()
         }
 
-    def _generate_examples(self, pool, indices, close=False):
+    def _generate_examples(self, pool, indices, split, close=False):
         c = self.builder_config
         args = (tuple(c.modalities), c.spacing_mm, c.slices_per_case, c.min_tumour_area)
+        start, every = time.perf_counter(), max(1, len(indices) // 10)
         try:
             jobs = [pool.submit(release.case_slices, c.seed, i, *args) for i in indices]
-            for job in jobs:  # in case order
+            for done, job in enumerate(jobs, 1):  # in case order
                 yield from job.result()
+                if done % every == 0 or done == len(jobs):
+                    seconds = time.perf_counter() - start
+                    line = (
+                        f"  simulated {done}/{len(jobs)} cases of split {split} ({seconds:.0f} s)"
+                    )
+                    print(line, file=sys.stderr, flush=True)
         except BaseException:
             pool.shutdown(wait=False, cancel_futures=True)
             raise

@@ -90,7 +90,10 @@ class HarvardMif(tfds.core.GeneratorBasedBuilder):
 def build(root, set_name: str, data_dir):
     """Build (or reuse) harvard_mif/<set>_src<hash> from `root` (the hash identifies the
     source, see the module docstring); returns the builder."""
+    from fuse4seg_jax.data import building
     from fuse4seg_jax.data.tfds_brats_fuse import download_config, source_fingerprint
+
+    building.quiet_tfds()
 
     if set_name not in harvard.SETS:
         raise ValueError(f"unknown Harvard set {set_name!r}: expected one of {list(harvard.SETS)}")
@@ -100,5 +103,4 @@ def build(root, set_name: str, data_dir):
     )
     harvard.find_pairs(os.path.expanduser(str(root)), set_name)  # DataError, not TFDS's
     builder = HarvardMif(data_dir=os.path.expanduser(str(data_dir)), config=config)
-    builder.download_and_prepare(download_config=download_config(root))
-    return builder
+    return building.prepare(builder, download_config(root), f"Harvard {set_name} ({root})")
