@@ -30,6 +30,7 @@ from fuse4seg_jax import atomic_files, final_report, preemption, recipe, run_geo
 from fuse4seg_jax.checkpointing import BestCheckpoint, Checkpointer
 from fuse4seg_jax.config_validation import validate
 from fuse4seg_jax.data import pipeline, sources
+from fuse4seg_jax.heartbeat import heartbeat
 from fuse4seg_jax.metric_writer import MetricWriter, log
 from fuse4seg_jax.metrics import segmentation as seg_metrics
 from fuse4seg_jax.regions import REGION_NAMES
@@ -228,7 +229,8 @@ def _loop(config, run, mesh, state, start, data, p_eval, checkpointers, writer, 
         for step in range(start + 1, num_steps + 1):
             batch = sharding.shard_batch(next(batches), mesh)
             if step_fn is None:  # compile ahead of time once: exposes the step's memory use and
-                step_fn = p_train.lower(state, batch).compile()  # can never silently recompile
+                with heartbeat("compiling the train step", log):  # can never silently recompile
+                    step_fn = p_train.lower(state, batch).compile()
                 step_memory = _memory_bytes(step_fn)
                 if step_memory:
                     mib = step_memory / 2**20
@@ -236,7 +238,8 @@ def _loop(config, run, mesh, state, start, data, p_eval, checkpointers, writer, 
             if p_diagnose is not None and step % diagnose_every == 0:  # before the step: its
                 jax.block_until_ready(state)  # input state is donated. Not counted in steps/s:
                 diag_start = time.time()
-                diag = jax.device_get(p_diagnose(state, batch))
+                with heartbeat("computing the hypergradient diagnostic", log):
+                    diag = jax.device_get(p_diagnose(state, batch))
                 writer.write(step, {f"train/diag_{k}": float(v) for k, v in diag.items()})
                 window_start += time.time() - diag_start
             state, metrics = step_fn(state, batch)
@@ -244,7 +247,8 @@ def _loop(config, run, mesh, state, start, data, p_eval, checkpointers, writer, 
                 jax.block_until_ready(metrics)
             window.append(metrics)
             if first_step_time is None:  # the first step includes compilation: time it apart
-                jax.block_until_ready(metrics)
+                with heartbeat("running the first train step", log):
+                    jax.block_until_ready(metrics)
                 first_step_time = time.time() - loop_start
                 log(f"compiled and ran the first train step in {first_step_time:.1f}s")
                 window_start = time.time()
