@@ -1,5 +1,6 @@
 """The one metric writer: TensorBoard event files plus `<workdir>/metrics.jsonl`, and `log`
-for the run's progress lines on stdout.
+for the run's progress lines on stdout. TensorBoard also gets the run's config (text) and,
+at the end, its figure (`write_figure`).
 
 Written (and printed) by process 0 only. Each JSONL line is one JSON object with `step` and
 namespaced names (`train/loss_seg`, `eval/dice_wt`, ...). On resume the JSONL
@@ -48,9 +49,35 @@ class MetricWriter:
                 self._tb.add_scalar(k, v, int(step))
         self._tb.flush()
 
+    def write_config(self, config_json: str):
+        """The run's config as TensorBoard text (tag "config"), shown beside its curves."""
+        if self.enabled:
+            self._tb.add_text("config", "```\n" + config_json + "\n```", 0)
+            self._tb.flush()
+
     def close(self):
         if self._tb is not None:
             self._tb.close()
+
+
+def write_figure(workdir: str, tag: str, png_path: str, step: int):
+    """A PNG written by the run (figure.png, ...) as a TensorBoard image at `step`, in the
+    run's event folder (a new event file beside the scalars'). Process 0 only."""
+    if jax.process_index() != 0 or not os.path.exists(png_path):
+        return
+    import numpy as np
+    from PIL import Image
+    from tensorboardX import SummaryWriter
+
+    with Image.open(png_path) as image:
+        pixels = np.asarray(image.convert("RGB"))
+    # a suffix of its own: event file names carry only the second, and a second writer in
+    # the same second would otherwise replace the scalars' file
+    tb = SummaryWriter(os.path.join(workdir, "tensorboard"), filename_suffix=f".{tag}")
+    try:
+        tb.add_image(tag, pixels, int(step), dataformats="HWC")
+    finally:
+        tb.close()
 
 
 def _trim_jsonl(path: str, max_step: int):

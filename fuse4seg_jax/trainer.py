@@ -26,7 +26,15 @@ import time
 import jax
 import numpy as np
 
-from fuse4seg_jax import atomic_files, final_report, preemption, recipe, run_geometry, sharding
+from fuse4seg_jax import (
+    atomic_files,
+    final_report,
+    metric_writer,
+    preemption,
+    recipe,
+    run_geometry,
+    sharding,
+)
 from fuse4seg_jax.checkpointing import BestCheckpoint, Checkpointer
 from fuse4seg_jax.config_validation import validate
 from fuse4seg_jax.data import pipeline, sources
@@ -145,6 +153,7 @@ def _train(config, workdir, stop_at):
             )
             run_geometry.write(workdir, run_geometry.training_geometry(config))
         writer = MetricWriter(workdir, resume_step=start)
+        writer.write_config(config.to_json_best_effort(indent=2))
         batch_sh = sharding.batch_sharding(mesh)
         p_eval = jax.jit(_without_probs(run.eval_step), in_shardings=(repl, batch_sh),
                          out_shardings=batch_sh)  # fmt: skip
@@ -161,7 +170,9 @@ def _train(config, workdir, stop_at):
         for closing in (best, writer):
             if closing is not None:
                 closing.close()
-    return final_report.write(config, workdir, eval_examples, result, loop_stats)
+    report = final_report.write(config, workdir, eval_examples, result, loop_stats)
+    metric_writer.write_figure(workdir, "figure", f"{workdir}/figure.png", config.train.num_steps)
+    return report
 
 
 def _without_probs(eval_step):
