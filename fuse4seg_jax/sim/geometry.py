@@ -43,6 +43,11 @@ def rotation(angles_rad) -> np.ndarray:
     return rz @ ry @ rx
 
 
+def _rotate_scale(placement) -> np.ndarray:
+    """R S of a placement: the linear part of template -> world."""
+    return rotation(placement["angles"]) * placement["scales"][None, :]
+
+
 def world_of_voxel(ijk) -> np.ndarray:
     """World (RAS mm) coordinates of voxel indices (..., 3) of the BraTS grid."""
     ijk = np.asarray(ijk, np.float64)
@@ -92,7 +97,7 @@ def brain_box(placement, brain_lo_mm, brain_hi_mm):
         * (np.asarray(brain_hi_mm) - brain_lo_mm)
         + brain_lo_mm
     )
-    r = rotation(placement["angles"]) * placement["scales"][None, :]
+    r = _rotate_scale(placement)
     world = (corners - placement["m0"]) @ r.T + placement["w0"] + placement["shift"]
     inv = np.linalg.inv(AFFINE)
     ijk = world @ inv[:3, :3].T + inv[:3, 3]
@@ -110,7 +115,7 @@ def coarse_axes(lo, hi):
 
 def affine_points(placement, world) -> np.ndarray:
     """Template (MNI mm) points pulled back from world points (..., 3), affine part only."""
-    rs = rotation(placement["angles"]) * placement["scales"][None, :]  # R S
+    rs = _rotate_scale(placement)
     inv = np.diag(1.0 / placement["scales"] ** 2) @ rs.T  # S^-1 R^T
     base = placement["w0"] + placement["shift"]
     return ((world - base) @ inv.T + placement["m0"]).astype(np.float32)

@@ -28,6 +28,8 @@ import dataclasses
 
 import numpy as np
 
+from fuse4seg_jax.sim.geometry import rotation
+
 CLASSES = ("necrosis", "nonenhancing", "oedema", "enhancing")
 LABEL_OF_CLASS = {"necrosis": 1, "nonenhancing": 1, "oedema": 2, "enhancing": 3}
 EDGE_MM = 0.5  # logistic width of every tumour boundary (partial volume)
@@ -78,8 +80,6 @@ def wave_field(waves, pts) -> np.ndarray:
 
 
 def draw_lesions(rng, centres_mm) -> list:
-    from fuse4seg_jax.sim.geometry import rotation
-
     n = 2 if rng.uniform() < TWO_LESIONS_P else 1
     lesions = []
     for _ in range(n):
