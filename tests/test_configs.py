@@ -159,7 +159,7 @@ def test_config_names_resolve_to_the_shipped_files(tmp_path):
     assert set(CONFIGS) == set(config_files.shipped_names())
 
 
-@pytest.mark.parametrize("name", ["compare_sim", "ablation_sim", "demo"])
+@pytest.mark.parametrize("name", ["compare_sim", "ablation_sim", "difficulty_sim", "demo"])
 def test_configs_load_from_any_folder(tmp_path, name):
     """A config loads its neighbours by path: with only the package importable (no clone on
     sys.path) and another working folder, it still builds."""
@@ -182,3 +182,12 @@ def test_configs_load_from_any_folder(tmp_path, name):
     )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == ("phantom" if name == "demo" else "brats_sim")
+
+
+def test_difficulty_sim_trains_the_demo_budget_on_the_compare_sim_protocol():
+    """The difficulty measurement's budget is the demo's and its data compare_sim's."""
+    difficulty = _shipped("difficulty_sim")
+    assert difficulty.train.num_steps == _shipped("demo").train.num_steps
+    assert difficulty.data.to_dict() == _shipped("compare_sim").data.to_dict()
+    assert difficulty.bilevel.batch_split == "same"
+    assert set(difficulty.ablation.baselines) == {"early_fusion"}
