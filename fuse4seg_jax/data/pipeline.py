@@ -20,7 +20,14 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
 
 import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
+
+try:
+    import tensorflow as tf
+except ModuleNotFoundError:  # not a dependency of the package: Colab and GPU images have it
+    raise ModuleNotFoundError(
+        "TensorFlow is not installed, and the tf.data input pipeline needs it: "
+        "pip install 'fuse4seg-jax[tf]' (tensorflow-cpu), or use your platform's TensorFlow"
+    ) from None
 
 # JAX owns the accelerators; TensorFlow only runs the host pipeline.
 tf.config.set_visible_devices([], "GPU")
