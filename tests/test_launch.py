@@ -67,14 +67,32 @@ def test_notebook_is_valid_nbformat_v4():
         'jax[tpu]==0.10.2"',
         "drive.mount(",
         "gs://",
-        "fuse4seg_jax.train --config configs/brats_fuse.py --workdir $WORKDIR",
+        "fuse4seg-train --config brats_fuse --workdir $WORKDIR",
         "--config.data.manual_dir=$DATA",
         "%tensorboard --logdir $WORKDIR/tensorboard",
-        "fuse4seg_jax.evaluate --config configs/brats_fuse.py --workdir $WORKDIR",
+        "fuse4seg-evaluate --config brats_fuse --workdir $WORKDIR",
         "eval-validation",
         "cases.png",
     ):
         assert needle in joined, f"no code cell has {needle!r}"
+
+
+def test_notebook_installs_no_tensorflow_and_starts_and_ends_without_data():
+    """The install cell pins nothing Colab brings (TensorFlow, numpy, protobuf); the first
+    training needs no data (the simulator); the last cell predicts NIfTI cases and shows
+    their previews."""
+    nb = nbformat.read(NOTEBOOK, as_version=4)
+    code = [c.source for c in nb.cells if c.cell_type == "code"]
+    installs = [line for cell in code for line in cell.splitlines() if "pip install" in line]
+    assert installs, "no install line"
+    for line in installs:
+        for name in ("tensorflow", "numpy", "protobuf", "requirements"):
+            assert name not in line, f"the install line names {name}: {line}"
+    trains = [i for i, cell in enumerate(code) if "fuse4seg-train" in cell]
+    assert "--config sim" in code[trains[0]], "the first training is not on built-in data"
+    assert trains[0] < next(i for i, cell in enumerate(code) if "drive.mount(" in cell)
+    assert "fuse4seg-predict" in code[-1] and "_preview.png" in code[-1]
+    assert "fuse4seg-simulate" in code[-1]  # cases to predict exist without data
 
 
 def test_every_notebook_code_cell_is_in_the_readme_verbatim():
