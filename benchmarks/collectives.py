@@ -7,7 +7,7 @@ an 8-device `data` mesh and counts the cross-device collectives XLA emitted
 (after its all-reduce combining), with the bytes they move. The count is what
 bounds scaling once the per-device batch is small: each all-reduce costs a
 latency plus 2 (D - 1) / D times its bytes over the interconnect.
-Prints a Markdown table (README, "Scaling: all-reduces per step, per method").
+Prints a Markdown table (docs/scaling.md).
 """
 
 import argparse

@@ -10,7 +10,7 @@ pyramid, PCA) followed by the same U-Net; each modality alone. The table
 (`results.md`, `results.csv`) has Dice per region and the fusion metrics of
 each run's held-out fused images; `curves.png` the training curves.
 
-400 steps per run (the ablation's budget); timing on 2 CPU cores in the README.
+400 steps per run (the ablation's budget); timing on 2 CPU cores in docs/comparison.md.
 For BraTS, override data.* as in configs/brats_fuse.py.
 
 Fair by construction: every network learns from all 16 images of every step in every

@@ -71,7 +71,7 @@ def get_config():
     # first_order | unrolled | joint | implicit_cg | implicit_neumann | darts | bdl
     config.bilevel.method = "unrolled"
     # The follower's steps per outer step, its optimiser, rate and schedule: chosen so that
-    # the implicit term acts (README "Does the bi-level coupling act?"). Plain SGD is
+    # the implicit term acts (docs/ablations.md, "Does the bi-level coupling act?"). Plain SGD is
     # stateless and linear in the gradient, so the unrolled step carries the leader's
     # influence (through a fresh Adam state the first step is lr * sign(g), whose derivative
     # is zero). One step: the derivative through K > 1 steps multiplies (I - lr H) factors,
@@ -118,7 +118,7 @@ def get_config():
     # Chosen from the measured curvature: on the demo networks the fusion follower's Hessian
     # is indefinite (CG met curvature -0.18 at step 60), so a light damping (1e-3, 1e-2,
     # 0.1) leaves CG unconverged (relative residual 1.5-5.7); damping 1 makes the system
-    # positive definite and CG converges in 16 steps (README, hypergradient ablation).
+    # positive definite and CG converges in 16 steps (docs/ablations.md).
     config.bilevel.diagnose_damping = 1.0
     config.bilevel.diagnose_max_residual = 0.1
     # inner = "fusion": inner objective L_fuse + mu * L_seg (segmentation shapes the fusion).
