@@ -5,6 +5,10 @@ Every file is written to a temporary file beside its target (same folder, so sam
 system) and renamed onto it when complete; a failed write leaves the target as it was and
 no temporary file behind. `staged` stops before the rename, for writers that commit
 several files together (case_prediction.py); `atomic_dir` does the same for a folder.
+
+A target that is a cloud URL (gs://...; storage.py) is written to a local temporary file
+or folder and uploaded when complete: a file as one object (whole or not at all), a folder
+file by file (an interrupted upload can leave part of it; the next write replaces it).
 """
 
 import contextlib
@@ -14,6 +18,8 @@ import os
 import pathlib
 import shutil
 import tempfile
+
+from fuse4seg_jax import storage
 
 
 def atomic_path(path) -> str:
@@ -51,7 +57,14 @@ def staged(path, write) -> str:
 
 
 def write_file(path, write):
-    """Calls write(tmp) on a temporary file beside `path`, then renames it onto `path`."""
+    """Calls write(tmp) on a temporary file beside `path`, then renames it onto `path` (for a
+    cloud URL: a local temporary file, uploaded when complete)."""
+    if storage.is_cloud(path):
+        with tempfile.TemporaryDirectory(prefix="fuse4seg-upload-") as folder:
+            name = str(path).rstrip("/").rsplit("/", 1)[-1]
+            write(os.path.join(folder, name))
+            storage.upload(os.path.join(folder, name), path)
+        return
     tmp = staged(path, write)
     try:
         os.replace(tmp, path)
@@ -90,7 +103,14 @@ def write_csv(path, rows, fields=None):
 def atomic_dir(out):
     """Yields a fresh folder beside `out` to write into; when the block completes it becomes
     `out` (an existing `out` is moved aside first and removed after), when it raises it is
-    removed and `out` is left as it was."""
+    removed and `out` is left as it was. For a cloud URL the folder is local and its files
+    are uploaded to `out` (after removing an existing `out`) when the block completes."""
+    if storage.is_cloud(out):
+        with tempfile.TemporaryDirectory(prefix="fuse4seg-upload-") as tmp:
+            yield tmp
+            storage.rmtree(out)
+            storage.upload_tree(tmp, out)
+        return
     out = os.path.abspath(out)
     parent = os.path.dirname(out)
     os.makedirs(parent, exist_ok=True)

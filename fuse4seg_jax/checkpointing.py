@@ -15,17 +15,19 @@ unreadable newer ones aside to `<workdir>/checkpoints_unreadable/`.
 
 import json
 import os
-import shutil
 
 import jax
 import orbax.checkpoint as ocp
+
+from fuse4seg_jax import storage
 
 BEST_DIR = "checkpoint_best"  # the best checkpoint by held-out mean Dice (one step kept)
 
 
 def directory(workdir: str, *, best: bool = False) -> str:
-    """The folder of a workdir's checkpoints (absolute); best: that of the best checkpoint."""
-    return os.path.abspath(os.path.join(workdir, BEST_DIR if best else "checkpoints"))
+    """The folder of a workdir's checkpoints (absolute, or a cloud URL); best: that of the
+    best checkpoint."""
+    return storage.join(storage.absolute(workdir), BEST_DIR if best else "checkpoints")
 
 
 UNREADABLE_DIR = "checkpoints_unreadable"
@@ -37,13 +39,12 @@ _READ_ERROR_WORDS = ("error while reading", "error reading", "data_loss", "out_o
 def unreadable_reason(workdir: str, step: int, error: BaseException, *, best: bool = False):
     """A short reason when `error` (raised restoring checkpoint `step`) says the files are
     missing or damaged; None when it looks like a structure mismatch (other networks)."""
-    state_dir = os.path.join(directory(workdir, best=best), str(step), "state")
-    metadata = os.path.join(state_dir, "_METADATA")
-    if not os.path.isfile(metadata):
+    state_dir = storage.join(directory(workdir, best=best), str(step), "state")
+    metadata = storage.join(state_dir, "_METADATA")
+    if not storage.isfile(metadata):
         return "state/_METADATA is missing"
     try:
-        with open(metadata) as f:
-            json.load(f)
+        json.loads(storage.read_text(metadata))
     except (OSError, ValueError) as e:
         return f"state/_METADATA is damaged ({type(e).__name__})"
     text = " ".join(str(error).split())
@@ -60,7 +61,7 @@ def available_steps(workdir: str, *, best: bool = False) -> list[int]:
     the best-checkpoint folder, at most one). Orbax writes to a temporary name and renames
     when complete, so a save that was interrupted is not listed."""
     folder = directory(workdir, best=best)
-    if not os.path.isdir(folder):
+    if not storage.isdir(folder):
         return []
     manager = ocp.CheckpointManager(
         folder, options=ocp.CheckpointManagerOptions(create=False, read_only=True)
@@ -152,14 +153,12 @@ class Checkpointer:
         raise FileNotFoundError(f"no checkpoint in {self.directory}")
 
     def _move_aside(self, steps):
-        aside = os.path.join(os.path.dirname(self.directory), UNREADABLE_DIR)
+        aside = storage.join(os.path.dirname(self.directory), UNREADABLE_DIR)
         if jax.process_index() == 0:
-            os.makedirs(aside, exist_ok=True)
+            storage.makedirs(aside)
             for step in steps:
-                target = os.path.join(aside, str(step))
-                if os.path.exists(target):
-                    shutil.rmtree(target)
-                shutil.move(os.path.join(self.directory, str(step)), target)
+                target = storage.join(aside, str(step))
+                storage.move_tree(storage.join(self.directory, str(step)), target)
         if jax.process_count() > 1:
             from jax.experimental import multihost_utils
 

@@ -43,8 +43,6 @@ renamed when complete; an existing one is kept unless `--overwrite`):
 during training); by default the latest.
 """
 
-import os
-
 from fuse4seg_jax import cli
 
 cli.default_cpu_devices()  # before jax is imported (by evaluation)
@@ -52,7 +50,7 @@ cli.default_cpu_devices()  # before jax is imported (by evaluation)
 from absl import flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-from fuse4seg_jax import evaluation  # noqa: E402
+from fuse4seg_jax import evaluation, storage  # noqa: E402
 from fuse4seg_jax.data import sources  # noqa: E402
 from fuse4seg_jax.data.errors import DataError  # noqa: E402
 
@@ -91,7 +89,7 @@ def main(argv):
         if FLAGS.workdir is None:
             cli.fail("--out is needed with --classical")
         name = f"eval-{split}" + ("" if protocol == "volume" else "-slices")
-        out = os.path.join(FLAGS.workdir, name + ("" if step is None else f"-step-{step}"))
+        out = storage.join(FLAGS.workdir, name + ("" if step is None else f"-step-{step}"))
     try:
         evaluation.evaluate(
             FLAGS.config, out, workdir=FLAGS.workdir, classical=FLAGS.classical, split=split,

@@ -20,7 +20,7 @@ import time
 
 import numpy as np
 
-from fuse4seg_jax import atomic_files, checkpointing, figures, inference, volume_prediction
+from fuse4seg_jax import atomic_files, checkpointing, figures, inference, storage, volume_prediction
 from fuse4seg_jax.classical import host_fuser
 from fuse4seg_jax.data import sources, volumes
 from fuse4seg_jax.data.errors import DataError
@@ -72,7 +72,7 @@ def _source(workdir, step, classical) -> str:
     if workdir is None:
         return f"classical {classical}"
     which = {None: "latest checkpoint", "best": "best checkpoint"}.get(step, f"checkpoint {step}")
-    return f"{which} of {os.path.abspath(workdir)}"
+    return f"{which} of {storage.absolute(workdir)}"
 
 
 def _check_arguments(config, out, workdir, classical, protocol, step, overwrite):
@@ -89,14 +89,14 @@ def _check_arguments(config, out, workdir, classical, protocol, step, overwrite)
         )
     if step is not None and workdir is None:
         raise ValueError("--step picks a checkpoint of --workdir; a classical fusion has none")
-    if os.path.exists(out) and not overwrite:
+    if storage.exists(out) and not overwrite:
         raise FileExistsError(f"{out} exists: pass --overwrite to replace it")
     if workdir is not None:  # before loading data
         best = step == "best"
         found = checkpointing.available_steps(workdir, best=best)
         folder = checkpointing.directory(workdir, best=best)
         if not found:
-            raise FileNotFoundError(f"{os.path.abspath(workdir)}: no checkpoint found in {folder}")
+            raise FileNotFoundError(f"{storage.absolute(workdir)}: no checkpoint found in {folder}")
         if step not in (None, "best") and int(step) not in found:
             raise FileNotFoundError(f"{folder}: no checkpoint of step {step} (found {found})")
 
@@ -114,7 +114,7 @@ def evaluate(config, out: str, *, workdir=None, classical=None, split=None, prot
     arguments or config), DataError (a bad case file)."""
     split = split or config.data.eval_split
     protocol = protocol or default_protocol(config, classical)
-    out = os.path.abspath(out)
+    out = storage.absolute(out)
     _check_arguments(config, out, workdir, classical, protocol, step, overwrite)
     source = _source(workdir, step, classical)
     if protocol == "volume":

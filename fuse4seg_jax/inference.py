@@ -32,12 +32,11 @@ Single process only.
 """
 
 import json
-import os
 
 import jax
 import numpy as np
 
-from fuse4seg_jax import checkpointing, recipe, regions, sharding
+from fuse4seg_jax import checkpointing, recipe, regions, sharding, storage
 
 OUTPUT_KEYS = ("pred", "fused")  # what a Predictor computes by default
 PROB_KEYS = ("pred", "fused", "probs")  # ... and with the per-class probabilities
@@ -143,11 +142,10 @@ def _fetch(out, valid: int, h: int, w: int) -> dict:
 
 def _run_config_mismatch(config, workdir: str) -> list[str]:
     """The network-deciding keys where `config` differs from workdir's config.json."""
-    path = os.path.join(workdir, "config.json")
-    if not os.path.isfile(path):
+    path = storage.join(workdir, "config.json")
+    if not storage.isfile(path):
         return []
-    with open(path) as f:
-        run = json.load(f)
+    run = json.loads(storage.read_text(path))
     given = json.loads(config.to_json_best_effort())
     kind = run["model"]["kind"]
     keys = [("model", k) for k in _MODEL_KEYS] + [("data", "modalities")]
@@ -196,7 +194,7 @@ def load_trained(config, workdir: str, step=None, **predictor_options):
     files are missing or damaged (checkpointing.unreadable_reason).
     predictor_options: batch_size, multiple, keys of Predictor (seg_mode comes from config).
     """
-    workdir = os.path.abspath(workdir)
+    workdir = storage.absolute(workdir)
     step, best = _resolve_step(workdir, step)
     directory = checkpointing.directory(workdir, best=best)
     mismatch = _run_config_mismatch(config, workdir)

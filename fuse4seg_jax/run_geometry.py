@@ -24,7 +24,7 @@ import os
 
 import numpy as np
 
-from fuse4seg_jax import atomic_files, orientation
+from fuse4seg_jax import atomic_files, orientation, storage
 
 FILE_NAME = "geometry.json"
 
@@ -84,7 +84,7 @@ def write(workdir: str, geometry):
     nothing when it is None. Returns the path written, or None."""
     if geometry is None:
         return None
-    path = os.path.join(workdir, FILE_NAME)
+    path = storage.join(workdir, FILE_NAME)
     atomic_files.write_json(path, _checked(geometry, "geometry"))
     return path
 
@@ -92,11 +92,10 @@ def write(workdir: str, geometry):
 def read(workdir: str, log=print):
     """The run's training geometry (module docstring), or None (with a note to `log`).
     ValueError (one line naming the file) when geometry.json exists but is malformed."""
-    path = os.path.join(os.path.abspath(workdir), FILE_NAME)
-    if os.path.isfile(path):
+    path = storage.join(storage.absolute(workdir), FILE_NAME)
+    if storage.isfile(path):
         try:
-            with open(path) as f:
-                geometry = json.load(f)
+            geometry = json.loads(storage.read_text(path))
         except (OSError, UnicodeDecodeError, ValueError) as e:
             raise ValueError(f"{path}: cannot be read as JSON: {type(e).__name__}") from e
         return _checked(geometry, path)

@@ -8,10 +8,9 @@ Overrides use ml-collections syntax, e.g. `--config.train.num_steps=200
 --config.bilevel.method=first_order`; an unknown key stops with a message naming it.
 """
 
-import os
 import sys
 
-from fuse4seg_jax import cli
+from fuse4seg_jax import cli, storage
 
 cli.default_cpu_devices()
 
@@ -55,7 +54,7 @@ def main(argv, work=None):
     from fuse4seg_jax.data.errors import DataError
 
     workdir = FLAGS.workdir
-    if os.path.exists(workdir) and not os.path.isdir(workdir):
+    if storage.exists(workdir) and not storage.isdir(workdir):
         cli.fail(f"--workdir {workdir}: exists and is not a folder", cli.EXIT_USAGE)
     try:
         (work or trainer.train_and_evaluate)(FLAGS.config, workdir)

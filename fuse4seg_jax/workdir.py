@@ -10,6 +10,9 @@
 - `lock(workdir)`: an exclusive `fcntl.flock` on `<workdir>/.lock` (the holder's pid is
   written into it) for the run; released on any exit, and by the OS when the process dies,
   so a stale lock never blocks. A second trainer gets WorkdirBusyError (a ConfigError).
+  Cloud workdirs (gs://...) have no file locks: the lock is skipped there, with a note.
+
+The workdir may be a local folder or a cloud URL (storage.py).
 """
 
 import contextlib
@@ -19,7 +22,7 @@ import os
 
 import ml_collections
 
-from fuse4seg_jax import checkpointing
+from fuse4seg_jax import checkpointing, storage
 from fuse4seg_jax.config_validation import ConfigError
 
 # Config keys that may differ from the workdir's config.json on resume: they change the
@@ -60,11 +63,10 @@ def config_differences(config, workdir: str) -> list[str]:
     differs from `<workdir>/config.json` (and for train.num_steps going down). Keys that
     only one side has (a workdir written by an older or newer version, whose config had
     fewer or other keys) are not compared."""
-    path = os.path.join(workdir, "config.json")
-    if not os.path.isfile(path):
+    path = storage.join(workdir, "config.json")
+    if not storage.isfile(path):
         return []
-    with open(path) as f:
-        stored = _flatten(json.load(f))
+    stored = _flatten(json.loads(storage.read_text(path)))
     given = _flatten(json.loads(config.to_json_best_effort()))
     diffs = []
     for key in sorted(set(stored) & set(given)):
@@ -88,7 +90,7 @@ def check_config(config, workdir: str):
     if diffs:
         hint = "" if len(diffs) <= 6 else f" (and {len(diffs) - 6} more)"
         raise ConfigError(
-            f"{os.path.abspath(workdir)} belongs to another config: {'; '.join(diffs[:6])}{hint}"
+            f"{storage.absolute(workdir)} belongs to another config: {'; '.join(diffs[:6])}{hint}"
             "; use a new workdir or --config.train.allow_config_change=True"
         )
 
@@ -97,14 +99,13 @@ def finished_results(config, workdir: str):
     """What train_and_evaluate returned for a finished run (latest checkpoint step ==
     train.num_steps and results.json written): Dice per region, or for fusion-only runs the
     held-out scores, read from results.json. None when the run is not finished."""
-    path = os.path.join(workdir, "results.json")
-    if not os.path.isfile(path):
+    path = storage.join(workdir, "results.json")
+    if not storage.isfile(path):
         return None
     steps = checkpointing.available_steps(workdir)
     if not steps or steps[-1] != config.train.num_steps:
         return None
-    with open(path) as f:
-        results = json.load(f)
+    results = json.loads(storage.read_text(path))
     return results.get("dice_mean", results.get("eval", results))
 
 
@@ -122,12 +123,11 @@ def saved_config(workdir: str) -> ml_collections.ConfigDict:
     (config.to_json_best_effort), as a ConfigDict: sequences come back as tuples, as the
     config files write them, so validation, recipe.build and the readers take it as the
     original. ConfigError (one line naming the file) when it is missing or unreadable."""
-    path = os.path.join(os.path.abspath(workdir), "config.json")
-    if not os.path.isfile(path):
+    path = storage.join(storage.absolute(workdir), "config.json")
+    if not storage.isfile(path):
         raise ConfigError(f"{path}: no such file: the run's config is needed (or pass --config)")
     try:
-        with open(path) as f:
-            tree = json.load(f)
+        tree = json.loads(storage.read_text(path))
     except (OSError, UnicodeDecodeError, ValueError) as e:
         raise ConfigError(f"{path}: cannot be read as JSON: {type(e).__name__}: {e}") from e
     sections = ("data", "model")
@@ -138,7 +138,15 @@ def saved_config(workdir: str) -> ml_collections.ConfigDict:
 
 @contextlib.contextmanager
 def lock(workdir: str):
-    """Holds an exclusive lock on `workdir` (created if missing) for the block."""
+    """Holds an exclusive lock on `workdir` (created if missing) for the block; a cloud
+    workdir is created and not locked (no file locks there), with a note."""
+    if storage.is_cloud(workdir):
+        storage.makedirs(workdir)
+        from fuse4seg_jax.metric_writer import log
+
+        log(f"{workdir}: cloud storage has no file locks; run one trainer at a time on it")
+        yield
+        return
     os.makedirs(workdir, exist_ok=True)
     path = os.path.join(workdir, LOCK_NAME)
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)

@@ -107,7 +107,9 @@ if [ -n "$bucket" ] && ! mountpoint -q "$mount"; then
     curl -fsSL https://packages.cloud.google.com/apt/doc/apt-key.gpg | sudo tee /usr/share/keyrings/cloud.google.asc >/dev/null
     sudo apt-get update -qq && sudo apt-get install -y -qq fuse gcsfuse
   fi
-  mkdir -p "$mount" && gcsfuse --implicit-dirs "$bucket" "$mount"
+  # --rename-dir-limit: Orbax and our evaluation folders are written under a temporary name
+  # and renamed when complete; gcsfuse refuses directory renames without it
+  mkdir -p "$mount" && gcsfuse --implicit-dirs --rename-dir-limit=200000 "$bucket" "$mount"
 fi
 cd "$dir"
 "$python" -c 'import sys; sys.exit(sys.version_info < (3, 11))' || {
