@@ -47,6 +47,14 @@ jax.config.update(
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
 
 
+@pytest.fixture
+def umask_022():
+    """umask 022 for the test (the usual one), so output modes can be checked exactly."""
+    old = os.umask(0o022)
+    yield
+    os.umask(old)
+
+
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item, call):
     """A test that failed on subprocess.TimeoutExpired (whose message names the command and

@@ -2,22 +2,11 @@
 them), and a failed write leaves nothing behind."""
 
 import os
-import stat
 
 import pytest
+from file_modes import mode as _mode
 
 from fuse4seg_jax import atomic_files
-
-
-@pytest.fixture
-def umask_022():
-    old = os.umask(0o022)
-    yield
-    os.umask(old)
-
-
-def _mode(path):
-    return stat.S_IMODE(os.stat(path).st_mode)
 
 
 def test_files_and_folders_get_the_usual_modes(tmp_path, umask_022):

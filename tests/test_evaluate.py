@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 
+import file_modes
 import numpy as np
 import pytest
 import timeouts
@@ -104,10 +105,11 @@ def test_existing_output_is_refused_without_overwrite(trained, tmp_path):
     assert not (out / "keep.txt").exists() and (out / "metrics.csv").exists()
 
 
-def test_classical_fusion_gets_fusion_metrics(tmp_path):
+def test_classical_fusion_gets_fusion_metrics(tmp_path, umask_022):
     config = _config(tmp_path)
     out = tmp_path / "max"
     evaluation.evaluate(config, str(out), classical="max", convention="standard")
+    assert file_modes.unusual_modes(out) == []  # the folder and its files: group-readable
     rows = _rows(out / "metrics.csv")
     examples = evaluation.load_split(config, "validation")
     assert len(rows) == len(examples["label"]) and "dice_wt" not in rows[0]

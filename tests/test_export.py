@@ -2,6 +2,7 @@
 
 import csv
 
+import file_modes
 import numpy as np
 import pytest
 from PIL import Image
@@ -16,9 +17,10 @@ def _config(tmp_path):
     return config
 
 
-def test_classical_export_writes_every_record_and_refuses_to_overwrite(tmp_path):
+def test_classical_export_writes_every_record_and_refuses_to_overwrite(tmp_path, umask_022):
     config = _config(tmp_path)
     n = benchmark_export.export(config, str(tmp_path / "out"), benchmark_export.CLASSICAL["max"])
+    assert file_modes.unusual_modes(tmp_path / "out") == []  # group-readable, every file
     per_split = {"train": 8 * 4, "validation": 2 * 4}  # tiny: cases x slices per case
     assert n == sum(per_split.values())
     with open(tmp_path / "out" / "index.csv") as f:
