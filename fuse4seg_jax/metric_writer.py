@@ -69,6 +69,20 @@ class MetricWriter:
             self._tb.flush()
             self._events.upload()
 
+    def write_hparams(self, config_json: str, scores: dict):
+        """The run's config as TensorBoard hyperparameters (the HParams dashboard, run
+        "tensorboard/hparams"), each config key a column, with the final held-out scores."""
+        if not self.enabled:
+            return
+        from fuse4seg_jax.workdir import flatten
+
+        hparams = {
+            key: value if isinstance(value, int | float | str | bool) else str(value)
+            for key, value in flatten(json.loads(config_json)).items()
+        }
+        self._tb.add_hparams(hparams, {k: float(v) for k, v in scores.items()}, name="hparams")
+        self._events.upload()
+
     def close(self):
         if self._tb is not None:
             self._tb.close()

@@ -164,6 +164,7 @@ def _train(config, workdir, stop_at):
         result = evaluate(p_eval, state, eval_examples, mesh, config.train.eval_batch_size)
         final_scores = {f"eval/{k}": v for k, v in result["scores"].items()}
         writer.write(config.train.num_steps, final_scores, once=True)  # once: a rerun at the end
+        writer.write_hparams(config.to_json_best_effort(), final_scores)
         _offer_best(best, config.train.num_steps, state, result["scores"], config)
     finally:  # however the run ends: finish pending checkpoint saves, flush TensorBoard
         ckpt.close()

@@ -47,12 +47,13 @@ class WorkdirBusyError(ConfigError):
     """Another process holds the workdir's lock."""
 
 
-def _flatten(tree, prefix=""):
+def flatten(tree, prefix=""):
+    """A nested config dict as {"section.key": value}."""
     out = {}
     for key, value in tree.items():
         name = f"{prefix}{key}"
         if isinstance(value, dict):
-            out.update(_flatten(value, name + "."))
+            out.update(flatten(value, name + "."))
         else:
             out[name] = value
     return out
@@ -66,8 +67,8 @@ def config_differences(config, workdir: str) -> list[str]:
     path = storage.join(workdir, "config.json")
     if not storage.isfile(path):
         return []
-    stored = _flatten(json.loads(storage.read_text(path)))
-    given = _flatten(json.loads(config.to_json_best_effort()))
+    stored = flatten(json.loads(storage.read_text(path)))
+    given = flatten(json.loads(config.to_json_best_effort()))
     diffs = []
     for key in sorted(set(stored) & set(given)):
         old, new = stored[key], given[key]
