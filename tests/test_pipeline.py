@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 
+from fuse4seg_jax.config_validation import ConfigError
 from fuse4seg_jax.data import pipeline
 
 
@@ -96,9 +97,18 @@ def test_eval_batches_pad_to_device_multiple():
     np.testing.assert_array_equal(np.concatenate([b["label"][:v] for b, v in out]), ex["label"])
 
 
-def test_batch_not_divisible_by_processes_is_rejected():
-    with pytest.raises(ValueError, match="train.batch_size=5"):
-        next(pipeline.train_iterator(_examples(), batch_size=5, seed=0, process_count=2))
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"batch_size": 5, "process_count": 2}, "train.batch_size=5 is not divisible by the 2"),
+        ({"batch_size": 32}, "train.batch_size=32: the training split has only 24 examples"),
+        ({"batch_size": 4, "crop_size": 9}, "data.image_size=9 is larger than the 8x8 images"),
+    ],
+)
+def test_a_batch_or_crop_the_data_cannot_give_is_a_config_error_naming_the_key(kwargs, message):
+    # ConfigError: `train` reports it as one line (tests/test_cli_errors.py), not a traceback
+    with pytest.raises(ConfigError, match=message):
+        next(pipeline.train_iterator(_examples(), seed=0, **kwargs))
 
 
 def test_random_crops_keep_alignment_and_size():

@@ -105,17 +105,22 @@ def train_iterator(
     crop_size: crop examples to this size (random when augmenting, else central);
       None or the full size keeps them whole.
     """
+    from fuse4seg_jax.config_validation import ConfigError  # a ValueError: one line in train
+
     if batch_size % process_count:
-        raise ValueError(
+        raise ConfigError(
             f"train.batch_size={batch_size} is not divisible by the {process_count} processes"
         )
     local_batch = batch_size // process_count
     n = len(arrays["label"])
     if n < local_batch * process_count:
-        raise ValueError(f"only {n} training examples for a global batch of {batch_size}")
+        raise ConfigError(
+            f"train.batch_size={batch_size}: the training split has only {n} examples; "
+            "lower the batch size or add training cases"
+        )
     height, width = arrays["label"].shape[1:3]
     if crop_size is not None and (crop_size > min(height, width)):
-        raise ValueError(f"data.image_size={crop_size} is larger than the {height}x{width} images")
+        raise ConfigError(f"data.image_size={crop_size} is larger than the {height}x{width} images")
     if crop_size == height == width:
         crop_size = None
     ds = tf.data.Dataset.from_tensor_slices({k: arrays[k] for k in TRAIN_KEYS})
