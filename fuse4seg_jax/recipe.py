@@ -109,17 +109,23 @@ def build(config) -> Recipe:
     return make(kind, config, fusion_model, seg_model)
 
 
-def _bilevel(kind, config, fusion_model, seg_model) -> Recipe:
+def bilevel_coupling(config) -> steps.Coupling:
+    """How config.bilevel couples the two networks in the bi-level train step."""
     b = config.bilevel
-    objs = objectives.build(fusion_model, seg_model, config.loss, b, config.model.seg_mode)
-    outer_tx = optimizers.outer(config.optim, config.train.num_steps)
-    coupling = steps.Coupling(
+    return steps.Coupling(
         inner=b.inner,
         method=b.method,
         options=bilevel.method_options(b.method, b),
         inner_opt=optimizers.inner(b, config.optim, config.train.num_steps),
         batch_split=b.batch_split,
     )
+
+
+def _bilevel(kind, config, fusion_model, seg_model) -> Recipe:
+    b = config.bilevel
+    objs = objectives.build(fusion_model, seg_model, config.loss, b, config.model.seg_mode)
+    outer_tx = optimizers.outer(config.optim, config.train.num_steps)
+    coupling = bilevel_coupling(config)
     reference = bilevel.method_options("implicit_cg", b)
     reference |= {"cg_steps": b.diagnose_cg_steps, "cg_damping": b.diagnose_damping}
     diagnose = partial(steps.diagnose_step, objs=objs, coupling=coupling, reference=reference,
