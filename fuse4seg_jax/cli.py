@@ -125,7 +125,9 @@ def _drop_thread_noise_after_error(args):
 
 def _resolve_config(argv: list) -> list:
     """argv with a `--config` naming a shipped config (`--config demo`) replaced by its path
-    (config_files.resolve); an unknown name is a one-line usage error."""
+    (config_files.resolve); an unknown name, or a `--config.<key>` override without a
+    `--config` (evaluate and predict may take the run's saved config), is a one-line
+    usage error."""
     from fuse4seg_jax import config_files
 
     out = list(argv)
@@ -137,6 +139,11 @@ def _resolve_config(argv: list) -> list:
                 out[i] = "--config=" + config_files.resolve(arg.split("=", 1)[1])
         except ValueError as e:
             fail(e, EXIT_USAGE)
+    overrides = [a.split("=")[0] for a in out if a.startswith("--config.")]
+    has_config = any(a == "--config" or a.startswith("--config=") for a in out)
+    if overrides and not has_config:  # absl would say "Unknown command line flag"
+        fail(f"{overrides[0]}: an override needs --config (a shipped config's name or a "
+             "config file)", EXIT_USAGE)  # fmt: skip
     return out
 
 

@@ -1,6 +1,6 @@
 """Evaluate a trained run or a classical fusion on a split: `python -m fuse4seg_jax.evaluate`.
 
-    python -m fuse4seg_jax.evaluate --config configs/demo.py --workdir runs/demo
+    python -m fuse4seg_jax.evaluate --workdir runs/demo
     python -m fuse4seg_jax.evaluate --config configs/demo.py --workdir runs/demo \\
         --protocol slices --step best
     python -m fuse4seg_jax.evaluate --config configs/harvard.py \\
@@ -41,6 +41,12 @@ renamed when complete; an existing one is kept unless `--overwrite`):
 
 `--step` picks the checkpoint: a step number or `best` (the best by held-out mean Dice
 during training); by default the latest.
+
+`--config` is optional with `--workdir`: the run's own config, as the trainer saved it in
+`<workdir>/config.json`, is used (any run, including each run of an ablation folder).
+Give `--config` to change data keys (`--config.data.manual_dir=...`, another
+`data.tfds_dir`); it must then describe the same networks as the run. A classical fusion
+has no run, so it needs `--config`.
 """
 
 from fuse4seg_jax import cli
@@ -51,6 +57,7 @@ from absl import flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
 from fuse4seg_jax import evaluation, storage  # noqa: E402
+from fuse4seg_jax import workdir as workdirs  # noqa: E402
 from fuse4seg_jax.data import sources  # noqa: E402
 from fuse4seg_jax.data.errors import DataError  # noqa: E402
 
@@ -58,7 +65,9 @@ FLAGS = flags.FLAGS
 
 
 def define_flags():
-    config_flags.DEFINE_config_file("config", None, "The run's config.", lock_config=True)
+    config_flags.DEFINE_config_file(
+        "config", None, "The run's config (default: <workdir>/config.json).", lock_config=True
+    )
     flags.DEFINE_string("workdir", None, "A training workdir: evaluate its latest checkpoint.")
     flags.DEFINE_string("classical", None, "Evaluate a classical fusion (mean|max|pca|laplacian).")
     flags.DEFINE_enum(
@@ -74,16 +83,24 @@ def define_flags():
     flags.DEFINE_enum("convention", "mmif", ["mmif", "standard"], "Fusion-metric convention.")
     flags.DEFINE_integer("num_figure_cases", 4, "Cases in cases.png and per half of best_worst.")
     flags.DEFINE_bool("overwrite", False, "Replace an existing --out.")
-    flags.mark_flags_as_required(["config"])
 
 
 def main(argv):
     if len(argv) > 1:
         cli.fail(f"unexpected arguments: {' '.join(argv[1:])}", cli.EXIT_USAGE)
     logging.set_verbosity(logging.ERROR)
-    split = FLAGS.split or FLAGS.config.data.eval_split
+    config = FLAGS.config
+    if config is None:
+        if FLAGS.workdir is None:
+            cli.fail("--config is needed without --workdir (a classical fusion has no run)",
+                     cli.EXIT_USAGE)  # fmt: skip
+        try:
+            config = workdirs.saved_config(FLAGS.workdir)
+        except workdirs.ConfigError as e:
+            cli.fail(e, 1)
+    split = FLAGS.split or config.data.eval_split
     step = cli.checkpoint_step(FLAGS.step)
-    protocol = FLAGS.protocol or evaluation.default_protocol(FLAGS.config, FLAGS.classical)
+    protocol = FLAGS.protocol or evaluation.default_protocol(config, FLAGS.classical)
     out = FLAGS.out
     if out is None:
         if FLAGS.workdir is None:
@@ -92,7 +109,7 @@ def main(argv):
         out = storage.join(FLAGS.workdir, name + ("" if step is None else f"-step-{step}"))
     try:
         evaluation.evaluate(
-            FLAGS.config, out, workdir=FLAGS.workdir, classical=FLAGS.classical, split=split,
+            config, out, workdir=FLAGS.workdir, classical=FLAGS.classical, split=split,
             protocol=protocol, step=step, convention=FLAGS.convention,
             num_figure_cases=FLAGS.num_figure_cases, overwrite=FLAGS.overwrite,
         )  # fmt: skip

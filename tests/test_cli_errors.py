@@ -112,3 +112,13 @@ def test_an_unknown_config_name_is_one_usage_line(tmp_path):
     assert code == 2
     assert lines[-1].startswith("error: --config nosuch: no such file, and no shipped config")
     assert "demo" in lines[-1] and not (tmp_path / "w").exists()
+
+
+@pytest.mark.parametrize("command", ["train", "evaluate", "predict"])
+def test_an_override_without_a_config_is_one_usage_line(tmp_path, command):
+    args = ["--workdir", str(tmp_path / "w"), "--config.train.num_steps=2"]
+    code, lines = _run(["-m", f"fuse4seg_jax.{command}", *args])
+    assert code == 2
+    assert lines[-1] == "error: --config.train.num_steps: an override needs --config (a " \
+        "shipped config's name or a config file)"  # fmt: skip
+    assert not (tmp_path / "w").exists()

@@ -87,6 +87,36 @@ def test_evaluate_a_trained_run(trained, tmp_path):
 
 
 @pytest.mark.slow
+def test_without_config_a_run_is_evaluated_with_its_saved_config(trained, tmp_path):
+    config, workdir = trained
+    out = tmp_path / "eval"
+    cli = subprocess.run(
+        [sys.executable, "-m", "fuse4seg_jax.evaluate", "--workdir", str(workdir),
+         "--out", str(out), "--protocol", "slices"],
+        cwd=tmp_path, env=dict(os.environ, PYTHONPATH=ROOT), capture_output=True, text=True,
+        timeout=timeouts.limit(300),
+    )  # fmt: skip
+    assert cli.returncode == 0, cli.stderr
+    cases = [r for r in _rows(out / "metrics.csv") if r["level"] == "case"]
+    results = json.loads((workdir / "results.json").read_text())
+    assert len(cases) == config.data.num_eval_cases
+    for region in ("wt", "tc", "et"):  # the trainer's held-out Dice of the same checkpoint
+        mean = np.mean([float(r[f"dice_{region}"]) for r in cases])
+        assert mean == pytest.approx(results["dice_mean"][region], abs=1e-9)
+    no_run = tmp_path / "empty"
+    no_run.mkdir()
+    cli = subprocess.run(
+        [sys.executable, "-m", "fuse4seg_jax.evaluate", "--workdir", str(no_run)],
+        cwd=tmp_path, env=dict(os.environ, PYTHONPATH=ROOT), capture_output=True, text=True,
+        timeout=timeouts.limit(300),
+    )  # fmt: skip
+    assert cli.returncode == 1
+    assert cli.stderr.strip().splitlines()[-1] == (
+        f"error: {no_run}/config.json: no such file: the run's config is needed (or pass --config)"
+    )
+
+
+@pytest.mark.slow
 def test_existing_output_is_refused_without_overwrite(trained, tmp_path):
     config, workdir = trained
     out = tmp_path / "eval"
