@@ -126,6 +126,8 @@ def _train(config, workdir, stop_at):
     train_examples, eval_examples = _load_data(config)
     for part in (train_examples, eval_examples):
         sources.check_batch(part, len(config.data.modalities))
+    pipeline.check_train_batch(train_examples["label"].shape, config.train.batch_size,
+                               jax.process_count(), config.data.image_size)  # fmt: skip
     log(
         f"data: {config.data.name}, {len(train_examples['label'])} training and "
         f"{len(eval_examples['label'])} held-out images "

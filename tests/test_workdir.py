@@ -190,3 +190,12 @@ def test_ab_rerunning_a_finished_run_changes_nothing_and_repeats_no_rows(tmp_pat
     trainer.train_and_evaluate(config, workdir)
     evals = [r for r in read_jsonl(os.path.join(workdir, "metrics.jsonl")) if "eval/dice_wt" in r]
     assert [r["step"] for r in evals] == [4]
+
+
+def test_b_a_batch_the_data_cannot_give_is_refused_before_anything_is_written(tmp_path):
+    # so that the corrected rerun into the same workdir is not refused as another config
+    workdir = tmp_path / "run"
+    with pytest.raises(ConfigError, match=r"train\.batch_size=4096: the training split has"):
+        trainer.train_and_evaluate(_tiny(train__batch_size=4096), str(workdir))
+    assert not _files(str(workdir))
+    assert trainer.train_and_evaluate(_tiny(train__num_steps=2), str(workdir)) is not None

@@ -82,6 +82,27 @@ def _centre_crop(example, size):
     return {k: v[top : top + size, left : left + size] for k, v in example.items()}
 
 
+def check_train_batch(label_shape, batch_size: int, process_count: int = 1,
+                      crop_size: int | None = None):  # fmt: skip
+    """ConfigError (naming the key) for a global batch or crop that training examples of
+    label shape (n, height, width) cannot give; the trainer calls it before it writes
+    anything to the workdir, train_iterator again."""
+    from fuse4seg_jax.config_validation import ConfigError  # a ValueError: one line in train
+
+    n, height, width = label_shape[:3]
+    if batch_size % process_count:
+        raise ConfigError(
+            f"train.batch_size={batch_size} is not divisible by the {process_count} processes"
+        )
+    if n < batch_size:
+        raise ConfigError(
+            f"train.batch_size={batch_size}: the training split has only {n} examples; "
+            "lower the batch size or add training cases"
+        )
+    if crop_size is not None and (crop_size > min(height, width)):
+        raise ConfigError(f"data.image_size={crop_size} is larger than the {height}x{width} images")
+
+
 def train_iterator(
     arrays: dict,
     *,
@@ -105,22 +126,10 @@ def train_iterator(
     crop_size: crop examples to this size (random when augmenting, else central);
       None or the full size keeps them whole.
     """
-    from fuse4seg_jax.config_validation import ConfigError  # a ValueError: one line in train
-
-    if batch_size % process_count:
-        raise ConfigError(
-            f"train.batch_size={batch_size} is not divisible by the {process_count} processes"
-        )
+    check_train_batch(arrays["label"].shape, batch_size, process_count, crop_size)
     local_batch = batch_size // process_count
     n = len(arrays["label"])
-    if n < local_batch * process_count:
-        raise ConfigError(
-            f"train.batch_size={batch_size}: the training split has only {n} examples; "
-            "lower the batch size or add training cases"
-        )
     height, width = arrays["label"].shape[1:3]
-    if crop_size is not None and (crop_size > min(height, width)):
-        raise ConfigError(f"data.image_size={crop_size} is larger than the {height}x{width} images")
     if crop_size == height == width:
         crop_size = None
     ds = tf.data.Dataset.from_tensor_slices({k: arrays[k] for k in TRAIN_KEYS})
