@@ -123,6 +123,11 @@ def _drop_thread_noise_after_error(args):
         threading.__excepthook__(args)
 
 
+def _overrides(argv: list) -> list:
+    """The `--config.<key>` flags of argv, without their values."""
+    return [a.split("=")[0] for a in argv if a.startswith("--config.")]
+
+
 def _resolve_config(argv: list) -> list:
     """argv with a `--config` naming a shipped config (`--config demo`) replaced by its path
     (config_files.resolve); an unknown name, or a `--config.<key>` override without a
@@ -139,7 +144,7 @@ def _resolve_config(argv: list) -> list:
                 out[i] = "--config=" + config_files.resolve(arg.split("=", 1)[1])
         except ValueError as e:
             fail(e, EXIT_USAGE)
-    overrides = [a.split("=")[0] for a in out if a.startswith("--config.")]
+    overrides = _overrides(out)
     has_config = any(a == "--config" or a.startswith("--config=") for a in out)
     if overrides and not has_config:  # absl would say "Unknown command line flag"
         fail(f"{overrides[0]}: an override needs --config (a shipped config's name or a "
@@ -181,7 +186,7 @@ def run(main, define_flags, argv=None):
         reason = [line.strip() for line in str(e).splitlines() if line.strip()][-1]
         fail(f"--config: cannot load the config file: {reason}", EXIT_USAGE)
     except (KeyError, AttributeError) as e:
-        overrides = [a.split("=")[0] for a in argv if a.startswith("--config.")]
+        overrides = _overrides(argv)
         if not overrides:
             raise
         hint = one_line(e.args[0] if e.args else e)

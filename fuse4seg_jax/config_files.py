@@ -9,6 +9,9 @@ config file works whatever the current folder and whether it lies in a clone's
 `--config` takes a path, or the name of a shipped config (`--config demo`, `tiny`,
 `sim`, ...): a value that is not an existing file and is a plain name is looked up in
 `shipped_dir()` (the clone's `configs/`, else the installed package's copy).
+
+`flatten` gives a saved config (its JSON tree) as dotted keys, for comparing a workdir's
+config with a new one and for TensorBoard's hyperparameters.
 """
 
 import importlib.util
@@ -55,3 +58,15 @@ def resolve(value: str) -> str:
             f"(shipped: {', '.join(shipped_names())})"
         )
     return str(candidate) + value[len(path) :]
+
+
+def flatten(tree, prefix=""):
+    """A nested config dict as {"section.key": value}."""
+    out = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.update(flatten(value, name + "."))
+        else:
+            out[name] = value
+    return out

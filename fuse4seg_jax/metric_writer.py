@@ -19,6 +19,7 @@ import tempfile
 import jax
 
 from fuse4seg_jax import atomic_files, storage
+from fuse4seg_jax.config_files import flatten
 
 
 def log(message: str):
@@ -74,8 +75,6 @@ class MetricWriter:
         "tensorboard/hparams"), each config key a column, with the final held-out scores."""
         if not self.enabled:
             return
-        from fuse4seg_jax.workdir import flatten
-
         hparams = {
             key: value if isinstance(value, int | float | str | bool) else str(value)
             for key, value in flatten(json.loads(config_json)).items()

@@ -23,6 +23,7 @@ import os
 import ml_collections
 
 from fuse4seg_jax import checkpointing, storage
+from fuse4seg_jax.config_files import flatten
 from fuse4seg_jax.config_validation import ConfigError
 
 # Config keys that may differ from the workdir's config.json on resume: they change the
@@ -45,18 +46,6 @@ LOCK_NAME = ".lock"
 
 class WorkdirBusyError(ConfigError):
     """Another process holds the workdir's lock."""
-
-
-def flatten(tree, prefix=""):
-    """A nested config dict as {"section.key": value}."""
-    out = {}
-    for key, value in tree.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, dict):
-            out.update(flatten(value, name + "."))
-        else:
-            out[name] = value
-    return out
 
 
 def config_differences(config, workdir: str) -> list[str]:

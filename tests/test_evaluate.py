@@ -22,12 +22,13 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 HARVARD = os.path.join(os.path.dirname(ROOT), "shared", "data", "harvard")
 
 
-def _evaluate_cli(*args):
-    """`python -m fuse4seg_jax.evaluate --config configs/tiny.py ARGS` from the root."""
+def _evaluate_cli(*args, config="configs/tiny.py", cwd=ROOT):
+    """`python -m fuse4seg_jax.evaluate --config CONFIG ARGS` in `cwd` (config None: no
+    --config)."""
+    config_args = [] if config is None else ["--config", config]
     return subprocess.run(
-        [sys.executable, "-m", "fuse4seg_jax.evaluate", "--config", "configs/tiny.py",
-         *map(str, args)],
-        cwd=ROOT, env=dict(os.environ, PYTHONPATH=ROOT), capture_output=True, text=True,
+        [sys.executable, "-m", "fuse4seg_jax.evaluate", *config_args, *map(str, args)],
+        cwd=cwd, env=dict(os.environ, PYTHONPATH=ROOT), capture_output=True, text=True,
         timeout=timeouts.limit(300),
     )  # fmt: skip
 
@@ -90,12 +91,8 @@ def test_evaluate_a_trained_run(trained, tmp_path):
 def test_without_config_a_run_is_evaluated_with_its_saved_config(trained, tmp_path):
     config, workdir = trained
     out = tmp_path / "eval"
-    cli = subprocess.run(
-        [sys.executable, "-m", "fuse4seg_jax.evaluate", "--workdir", str(workdir),
-         "--out", str(out), "--protocol", "slices"],
-        cwd=tmp_path, env=dict(os.environ, PYTHONPATH=ROOT), capture_output=True, text=True,
-        timeout=timeouts.limit(300),
-    )  # fmt: skip
+    cli = _evaluate_cli("--workdir", workdir, "--out", out, "--protocol", "slices",
+                        config=None, cwd=tmp_path)  # fmt: skip
     assert cli.returncode == 0, cli.stderr
     cases = [r for r in _rows(out / "metrics.csv") if r["level"] == "case"]
     results = json.loads((workdir / "results.json").read_text())
@@ -105,11 +102,7 @@ def test_without_config_a_run_is_evaluated_with_its_saved_config(trained, tmp_pa
         assert mean == pytest.approx(results["dice_mean"][region], abs=1e-9)
     no_run = tmp_path / "empty"
     no_run.mkdir()
-    cli = subprocess.run(
-        [sys.executable, "-m", "fuse4seg_jax.evaluate", "--workdir", str(no_run)],
-        cwd=tmp_path, env=dict(os.environ, PYTHONPATH=ROOT), capture_output=True, text=True,
-        timeout=timeouts.limit(300),
-    )  # fmt: skip
+    cli = _evaluate_cli("--workdir", no_run, config=None, cwd=tmp_path)
     assert cli.returncode == 1
     assert cli.stderr.strip().splitlines()[-1] == (
         f"error: {no_run}/config.json: no such file: the run's config is needed (or pass --config)"
