@@ -103,11 +103,12 @@ class Predictor:
         m = self.multiple
         return self.batch_size, -(-h // m) * m, -(-w // m) * m
 
-    def compile(self, h: int, w: int, num_modalities: int):
-        """The executable for H x W images with M channels, compiled on first use (ahead of
-        time, so callers can time it apart from running) and kept for later calls."""
+    def compile(self, h: int, w: int, num_modalities: int, batch: int | None = None):
+        """The executable for `batch` (default batch_size) H x W images with M channels,
+        compiled on first use (ahead of time, so callers can time it apart from running)
+        and kept for later calls."""
         b, hp, wp = self.padded_shape(h, w)
-        key = (b, hp, wp, num_modalities)
+        key = (batch or b, hp, wp, num_modalities)
         if key not in self.executables:
             x = jax.ShapeDtypeStruct(key, np.float32, sharding=self._batch_sharding)
             self.executables[key] = self._run.lower(self.state, x).compile()
@@ -122,12 +123,17 @@ class Predictor:
             raise ValueError(f"modalities must be (N, H, W, M), got shape {x.shape}")
         n, h, w, m = x.shape
         b, hp, wp = self.padded_shape(h, w)
-        run = self.compile(h, w, m)
+        devices = self.mesh.size
         results, pending = [], None
         for start in range(0, max(n, 1), b):
             chunk = x[start : start + b]
-            batch = np.zeros((b, hp, wp, m), np.float32)
+            # The last, partial batch runs padded only to a multiple of the devices, not to
+            # batch_size: the padding is computed for nothing (at most batch_size / devices
+            # more executables per image size, each compiled once).
+            rows = min(b, -(-max(len(chunk), 1) // devices) * devices)
+            batch = np.zeros((rows, hp, wp, m), np.float32)
             batch[: len(chunk), :h, :w] = chunk
+            run = self.compile(h, w, m, rows)
             out = run(self.state, jax.device_put(batch, self._batch_sharding))
             if pending is not None:  # fetch the previous batch while this one runs
                 results.append(_fetch(*pending, h, w))

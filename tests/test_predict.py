@@ -99,6 +99,21 @@ def test_predictor_batches_and_pads_without_changing_the_outputs(run):
     assert list(predictor.executables) == [(4, 32, 32, 2)]  # 6, 1 and 6 images: compiled once
 
 
+def test_last_partial_batch_is_padded_to_the_devices_not_the_batch(run):
+    config, workdir = run
+    big = inference.load_trained(config, workdir, batch_size=16)
+    small = inference.load_trained(config, workdir, batch_size=8)
+    devices = big.mesh.size
+    assert devices == small.mesh.size == 8  # the tests' fake CPU devices
+    x = np.random.default_rng(1).uniform(size=(19, 20, 28, 2)).astype(np.float32)
+    a, b = big.predict(x), small.predict(x)
+    # 19 images: one batch of 16, then 3 padded to 8 (not to 16); 8 + 8 + 3 padded to 8.
+    assert sorted(big.executables) == [(8, 32, 32, 2), (16, 32, 32, 2)]
+    assert list(small.executables) == [(8, 32, 32, 2)]
+    assert np.mean(a["pred"] != b["pred"]) < 1e-3  # labels at float ties may flip
+    np.testing.assert_allclose(a["fused"], b["fused"], atol=1e-6)
+
+
 def test_predict_writes_the_models_outputs_on_the_inputs_grid(run, cases, tmp_path):
     config, workdir = run
     lines = []
