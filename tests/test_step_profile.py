@@ -68,5 +68,4 @@ def test_profiled_thunks_name_compiled_instructions(step_profile, compiled_grad)
     timed = {step_profile.categorise(name, instructions, computations) for name in total}
     # The three convolutions ran, were traced under their instruction names, once per call.
     assert {"conv forward", "conv input-grad", "conv weight-grad"} <= timed
-    assert set(total) <= set(instructions)
     assert all(count[name] == 3 for name in total)
