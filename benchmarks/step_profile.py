@@ -65,8 +65,9 @@ _NETWORKS = ("FrequencyFusionNet", "UNet", "DualEncoderUNet")
 
 
 def parse_hlo(text):
-    """{instruction: (op, op_name, computation it calls or None)} and
-    {computation: [(op, window_size, op_name), ...]} from compiled HLO text."""
+    """{instruction: (op, op_name, computation it calls or None, window size)} and
+    {computation: [(op, window size, op_name), ...]} from compiled HLO text (window size:
+    the largest side of a convolution's window, 0 for other ops)."""
     instructions, computations, current = {}, collections.defaultdict(list), None
     for line in text.splitlines():
         if not line.startswith(" "):
@@ -107,7 +108,7 @@ def categorise(name, instructions, computations):
     names = " ".join([op_name] + [n for _, _, n in inner])
     if "Norm" in names:
         return "norm"
-    if "leaky_relu" in names or "relu" in names:
+    if "relu" in names:  # leaky_relu included
         return "activation"
     if ops <= _MOVEMENT | {"parameter", "constant", "broadcast", "tuple"}:
         return "data movement"
@@ -157,7 +158,7 @@ def profile(step, state, batch, steps):
     for name, us in total.items():
         category = categorise(name, instructions, computations)
         per_category[category] += us / 1e6 / steps
-        op_name = instructions.get(name, ("", "", None, 0))[1]
+        op_name = instructions[name][1]
         top.append((us / 1e6 / steps, name, category, op_name))
     return statistics.median(walls), per_category, sorted(top, reverse=True)
 

@@ -13,7 +13,7 @@ CPU device per core unless XLA_FLAGS or --devices say otherwise, like train.py.
 Then, per method, the achieved FLOP/s: the compiled step's floating-point operations
 (XLA's cost analysis, per device, times the devices) over its median time, against
   - the matrix-multiply peak measured in the same run (one large jitted matmul in the
-    step's compute dtype: float32, or bfloat16 with --config.model.compute_dtype; on CPU
+    step's compute dtype: float32, or bfloat16 with --set model.compute_dtype=...; on CPU
     the whole machine, since fake CPU devices share its cores; on GPU/TPU one device,
     times the devices), and
   - the data-sheet peak of known accelerators (PEAK_TFLOPS, dense, per device),
@@ -92,15 +92,11 @@ def load_config(path, overrides=()):
     config = module.get_config()
     for item in overrides:
         key, value = item.split("=", 1)
-        *path_keys, leaf = key.split(".")
-        node = config
-        for part in path_keys:
-            node = node[part]
         try:
             value = ast.literal_eval(value)
         except (ValueError, SyntaxError):
             pass  # a bare string
-        node[leaf] = value
+        config.update_from_flattened_dict({key: value})
     return config
 
 
