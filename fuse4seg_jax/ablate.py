@@ -3,7 +3,8 @@
     python -m fuse4seg_jax.ablate --config configs/ablation.py --workdir runs/ablation
     python -m fuse4seg_jax.ablate --config configs/compare.py --workdir runs/compare
 
-Runs, in order:
+Runs, for each seed of `config.ablation.seeds` in turn (so an ablation stopped early has
+whole seeds done), in order:
 - every bi-level method in `config.ablation.methods` for every orientation in
   `config.ablation.inners`, in `<workdir>/<method>-<inner>/`;
 - every baseline in `config.ablation.baselines` (baselines.py), in
@@ -12,9 +13,9 @@ Runs, in order:
   (Fuse4Seg's networks trained by the segmentation loss alone: the `joint` step with
   every fusion-loss weight 0, the ceiling of image-level fusion).
 Each is an ordinary `trainer.train_and_evaluate` run (so it checkpoints and
-resumes on its own), once per seed of `config.ablation.seeds` (`config.seed` set to it:
-the networks' initialisation and the data order, and for the phantom the generated
-cases; every run of a seed sees the same data). With one seed a run's folder is
+resumes on its own), with `config.seed` set to the seed (the networks'
+initialisation and the data order, and for the phantom the generated cases; every
+run of a seed sees the same data). With one seed a run's folder is
 `<workdir>/<run>/`, with several `<workdir>/<run>-seed<s>/`. Then the workdir gets:
 - `results.csv` (one row per run and seed) and `results.md` (one row per run: the
   mean ± standard deviation over the seeds, ddof 0, and the number of seeds): held-out
@@ -182,13 +183,13 @@ def _median(values) -> float:
 
 def run_configs(config) -> list[tuple[str, str, str, int, object]]:
     """(folder name, method, inner, seed, the run's config) of every planned run and seed,
-    each validated, so a bad run stops the ablation before the first run starts
-    (ConfigError naming the key)."""
+    seed by seed (every run of the first seed, then of the next), each validated, so a
+    bad run stops the ablation before the first run starts (ConfigError naming the key)."""
     import jax
 
     from fuse4seg_jax.config_validation import ConfigError, validate
 
-    runs, chosen = [], seeds(config)
+    validated, chosen = [], seeds(config)
     for name, method, inner, overrides in planned_runs(config):
         run_config = copy.deepcopy(config)
         for section, values in overrides.items():
@@ -197,7 +198,10 @@ def run_configs(config) -> list[tuple[str, str, str, int, object]]:
             validate(run_config, config.mesh.num_devices or jax.device_count())
         except ConfigError as e:
             raise ConfigError(f"ablation run {name}: {e}") from None
-        for seed in chosen:
+        validated.append((name, method, inner, run_config))
+    runs = []
+    for seed in chosen:  # seed-major: a long ablation stopped early has whole seeds done
+        for name, method, inner, run_config in validated:
             seeded = copy.deepcopy(run_config)
             seeded.seed = seed
             folder = name if len(chosen) == 1 else f"{name}-seed{seed}"

@@ -68,11 +68,14 @@ def test_every_run_is_planned_once_per_seed(tmp_path):
     config = _config(tmp_path)
     config.ablation.seeds = (0, 5)
     runs = ablate.run_configs(config)
-    assert [(folder, seed) for folder, _, _, seed, _ in runs[:2]] == [
-        ("joint-fusion-seed0", 0), ("joint-fusion-seed5", 5)
-    ]  # fmt: skip
     assert len(runs) == 8 and all(run.seed == seed for *_, seed, run in runs)
-    a, b = runs[0][4].to_dict(), runs[1][4].to_dict()
+    # seed-major: every run of seed 0, then every run of seed 5, in table order
+    assert [seed for *_, seed, _ in runs] == [0] * 4 + [5] * 4
+    assert [folder for folder, *_ in runs[4:]] == [
+        f.replace("seed0", "seed5") for f, *_ in runs[:4]
+    ]
+    assert runs[0][0] == "joint-fusion-seed0"
+    a, b = runs[0][4].to_dict(), runs[4][4].to_dict()
     assert {k for k in a if a[k] != b[k]} == {"seed"}
     config.ablation.seeds = (1, 1)
     with pytest.raises(ConfigError, match=r"ablation.seeds=\(1, 1\): give one or more"):
