@@ -10,7 +10,8 @@
 # COMMAND (default: all)
 #   setup  put the code on every worker (git clone REPO_URL, or copy this checkout
 #          with `gcloud compute tpus tpu-vm scp`), mount BUCKET, create
-#          REMOTE_DIR/.venv and `pip install -r requirements.txt "jax[tpu]==0.10.2"`
+#          REMOTE_DIR/.venv, `pip install -r requirements.txt`, then jax[tpu] of the
+#          JAX version that installed (0.12.0.1 on Python 3.12+, 0.10.2 on 3.11)
 #   train  start `python -m fuse4seg_jax.train ... --distributed` on every worker in
 #          the background (it survives the ssh session), logging to
 #          ~/fuse4seg_train.log on each; rerunning resumes from WORKDIR's checkpoint
@@ -119,7 +120,8 @@ cd "$dir"
 }
 [ -x .venv/bin/python ] || "$python" -m venv .venv
 .venv/bin/pip install -q --upgrade pip
-.venv/bin/pip install -q -r requirements.txt "jax[tpu]==0.10.2"
+.venv/bin/pip install -q -r requirements.txt
+.venv/bin/pip install -q "jax[tpu]==$(.venv/bin/python -c 'import jax; print(jax.__version__)')"
 echo "$(hostname): ready in ~/$dir ($(.venv/bin/python -c 'import jax; print("jax", jax.__version__)'))"
 EOF
 

@@ -10,6 +10,7 @@ splitting its batch over 8 devices against 1.
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 from configs import tiny
@@ -71,6 +72,26 @@ def _assert_trees_close(a, b, rtol, atol):
         np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=rtol, atol=atol)
 
 
+def _uses_adam(opt_state) -> bool:
+    leaves = jax.tree.leaves(opt_state, is_leaf=lambda x: isinstance(x, optax.ScaleByAdamState))
+    return any(isinstance(x, optax.ScaleByAdamState) for x in leaves)
+
+
+def _assert_states_close(a, b, learning_rate, rtol=2e-4, atol=2e-6):
+    """Two train states after the same step agree: the step counter, every optimiser
+    state (Adam's moments are the gradients' running averages: an all-reduce that sums
+    wrongly shows there) and the parameters to rtol/atol, except that parameters an Adam
+    step updated get an absolute tolerance of 5% of the learning rate. Adam's first
+    update is lr * g / (|g| + eps): a gradient within rounding of zero (|g| ~ eps) can
+    move its update by a sizeable fraction of lr when the all-reduce sums in another
+    order (measured under jax 0.12: 7e-5 with lr 2e-3, while the moments agreed to 2e-4)."""
+    assert int(a.step) == int(b.step)
+    for net_a, net_b in ((a.fusion, b.fusion), (a.seg, b.seg)):
+        _assert_trees_close(net_a.opt_state, net_b.opt_state, rtol, atol)
+        params_atol = max(atol, 0.05 * learning_rate) if _uses_adam(net_a.opt_state) else atol
+        _assert_trees_close(net_a.params, net_b.params, rtol, params_atol)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("kind,option", KINDS, ids=[f"{k}-{o}" if o else k for k, o in KINDS])
 def test_step_kind_on_eight_devices_matches_one(kind, option):
@@ -81,7 +102,7 @@ def test_step_kind_on_eight_devices_matches_one(kind, option):
     batch = _batch(config)
     (s1, m1), (s8, m8) = (_on_mesh(run.train_step, state, batch, n) for n in (1, 8))
     _assert_trees_close(m1, m8, rtol=2e-5, atol=1e-6)
-    _assert_trees_close(s1, s8, rtol=2e-4, atol=2e-6)
+    _assert_states_close(s1, s8, config.optim.learning_rate)
     before, after = jax.tree.leaves((state.fusion, state.seg)), jax.tree.leaves((s8.fusion, s8.seg))
     assert any(not np.allclose(a, b) for a, b in zip(before, after, strict=True)), "no update"
     e1, e8 = (_on_mesh(run.eval_step, s1, {"modalities": batch["modalities"]}, n) for n in (1, 8))

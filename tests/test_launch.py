@@ -24,6 +24,20 @@ SCRIPTS = sorted(
 NEW_SCRIPTS = ("local_processes.sh", "tpu_pod.sh", "slurm_gpu.sbatch")
 
 
+def _jax_pin(python: str) -> str:
+    """The jax version requirements.txt pins for that Python (its environment markers)."""
+    from packaging.markers import Marker
+    from packaging.requirements import Requirement
+
+    with open(os.path.join(ROOT, "requirements.txt"), encoding="utf-8") as f:
+        lines = [line.split("#")[0].strip() for line in f]
+    pins = [Requirement(line) for line in lines if re.match(r"jax\s*[=;]", line)]
+    env = {"python_version": python, "python_full_version": f"{python}.0"}
+    chosen = [r for r in pins if r.marker is None or Marker(str(r.marker)).evaluate(env)]
+    assert len(chosen) == 1, f"requirements.txt pins jax {len(chosen)} times for Python {python}"
+    return str(chosen[0].specifier).removeprefix("==")
+
+
 def _readme_section() -> str:
     with open(os.path.join(ROOT, "README.md"), encoding="utf-8") as f:
         text = f.read()
@@ -64,7 +78,7 @@ def test_notebook_is_valid_nbformat_v4():
     assert all(c.outputs == [] for c in nb.cells if c.cell_type == "code"), "outputs committed"
     joined = "\n".join(code)
     for needle in (
-        'jax[tpu]==0.10.2"',
+        f'jax[tpu]=={_jax_pin(python="3.12")}"',  # Colab's Python
         "drive.mount(",
         "gs://",
         "fuse4seg-train --config brats_fuse --workdir $WORKDIR",

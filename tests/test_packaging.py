@@ -16,13 +16,17 @@ PROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
 COMMANDS = ("train", "evaluate", "predict", "score", "export", "ablate", "simulate")
 
 
-def _pins(path) -> dict[str, str]:
+def _pins(path) -> dict[str, list[str]]:
+    """Every exact version a requirements file pins, per package (one per environment
+    marker: jax has one for Python 3.11 and one for 3.12+)."""
     pins = {}
     for line in (ROOT / path).read_text().splitlines():
         line = line.split("#", 1)[0].strip()
         if line and not line.startswith("-r"):
-            name, version = line.split("==")
-            pins[_normal(name)] = version
+            requirement = packaging_requirements.Requirement(line)
+            (spec,) = requirement.specifier
+            assert spec.operator == "==", f"{path}: {line} is not an exact pin"
+            pins.setdefault(_normal(requirement.name), []).append(spec.version)
     return pins
 
 
@@ -61,9 +65,10 @@ def test_the_pins_lie_in_the_declared_ranges():
     for requirement in declared:
         name = _normal(requirement.name)
         assert name in pins, f"{requirement.name} is declared but not pinned"
-        assert requirement.specifier.contains(pins[name]), (
-            f"{name}=={pins[name]} not in {requirement}"
-        )
+        for version in pins[name]:
+            assert requirement.specifier.contains(version), (
+                f"{name}=={version} not in {requirement}"
+            )
     runtime = {
         _normal(packaging_requirements.Requirement(r).name)
         for r in PROJECT["project"]["dependencies"]
