@@ -108,7 +108,8 @@ def train_and_evaluate(config, workdir: str, *, stop_at: int | None = None) -> d
     with contextlib.ExitStack() as stack:
         if jax.process_index() == 0:  # one trainer per workdir (processes of a run share it)
             stack.enter_context(lock_workdir(workdir))
-            check_config(config, workdir)  # again under the lock: another run may have ended
+            # again under the lock: another run may have ended
+            check_config(config, workdir, announce=False)
         return _train(config, workdir, stop_at)
 
 

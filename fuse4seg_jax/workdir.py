@@ -2,7 +2,8 @@
 
 - `check_config(config, workdir)`: compares a config with the workdir's `config.json`
   (read only); a difference in anything but `RESUMABLE_KEYS` raises ConfigError (one line
-  naming the keys and both values) unless `train.allow_config_change` is set.
+  naming the keys and both values) unless `train.allow_config_change` is set or the
+  workdir has no checkpoint yet (a run that stopped before its first save).
 - `finished_results(config, workdir)`: the stored results of a run that is already
   finished (latest checkpoint at `train.num_steps` and `results.json` present), else None.
 - `saved_config(workdir)`: the run's config, read back from `<workdir>/config.json` (what
@@ -72,11 +73,30 @@ def config_differences(config, workdir: str) -> list[str]:
     return diffs
 
 
-def check_config(config, workdir: str):
-    """Raises ConfigError (one line) when `config` is not the workdir's run config."""
+def trained(workdir: str) -> bool:
+    """Whether the workdir holds a complete checkpoint (periodic or best)."""
+    return bool(
+        checkpointing.available_steps(workdir) or checkpointing.available_steps(workdir, best=True)
+    )
+
+
+def check_config(config, workdir: str, *, announce: bool = True):
+    """Raises ConfigError (one line) when `config` is not the workdir's run config. A
+    workdir without a checkpoint (a run that stopped before its first save) trained
+    nothing to keep: another config starts afresh there (the trainer replaces config.json
+    and trims the metrics to step 0), with a note when `announce`."""
     if config.train.allow_config_change:
         return
     diffs = config_differences(config, workdir)
+    if diffs and not trained(workdir):
+        if announce:
+            from fuse4seg_jax.metric_writer import log
+
+            log(
+                f"{storage.absolute(workdir)}: its config.json is from a run that saved no "
+                f"checkpoint ({diffs[0]}{', ...' if len(diffs) > 1 else ''}); starting afresh"
+            )
+        return
     if diffs:
         hint = "" if len(diffs) <= 6 else f" (and {len(diffs) - 6} more)"
         raise ConfigError(

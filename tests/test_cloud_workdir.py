@@ -105,7 +105,7 @@ def test_metrics_and_tensorboard_events_go_to_the_bucket_and_resume_trims(bucket
     assert {p for p in _files(bucket) if "/tensorboard/" in p} - before  # a new event file
 
 
-def test_config_geometry_and_the_lock_on_a_cloud_workdir(bucket, capsys):
+def test_config_geometry_and_the_lock_on_a_cloud_workdir(bucket, capsys, monkeypatch):
     import ml_collections
 
     run = "gs://bucket/runs/b"
@@ -121,6 +121,8 @@ def test_config_geometry_and_the_lock_on_a_cloud_workdir(bucket, capsys):
     assert "no file locks" in capsys.readouterr().out
     assert workdir.saved_config(run).data.name == "phantom"
     workdir.check_config(config, run)  # the same config: fine
+    # a run that saved a checkpoint (Orbax cannot write to this stand-in: pretend it did)
+    monkeypatch.setattr(workdir, "trained", lambda w: w == run)
     other = ml_collections.ConfigDict(config.to_dict())
     other.data.name = "brats_sim"
     with pytest.raises(workdir.ConfigError, match=r"gs://bucket/runs/b belongs to another config"):

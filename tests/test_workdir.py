@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import timeouts
 from test_train import ROOT, _tiny
@@ -18,10 +19,16 @@ from fuse4seg_jax.metric_writer import MetricWriter, read_jsonl
 from fuse4seg_jax.workdir import RESUMABLE_KEYS, WorkdirBusyError, check_config, lock
 
 
-def _write_config(workdir, config):
+def _write_config(workdir, config, *, checkpoint_step=None):
+    """The config.json of a run; with checkpoint_step, also a (stand-in) checkpoint at that
+    step, so the workdir is one that trained."""
     os.makedirs(workdir, exist_ok=True)
     with open(os.path.join(workdir, "config.json"), "w") as f:
         f.write(config.to_json_best_effort())
+    if checkpoint_step is not None:
+        ckpt = checkpointing.Checkpointer(workdir, every=1)
+        ckpt.save(checkpoint_step, {"w": np.zeros(2, np.float32)}, {"step": checkpoint_step})
+        ckpt.close()
 
 
 def _files(workdir):
@@ -59,7 +66,7 @@ def test_a_write_once_does_not_repeat_a_row(tmp_path):
 
 def test_b_a_different_config_is_refused_before_anything_is_written(tmp_path):
     workdir = str(tmp_path / "run")
-    _write_config(workdir, _tiny())
+    _write_config(workdir, _tiny(), checkpoint_step=2)
     before = _files(workdir)
     config = _tiny(model__fusion="fusion_small", optim__learning_rate=0.5)
     with pytest.raises(ConfigError) as info:
@@ -73,7 +80,7 @@ def test_b_a_different_config_is_refused_before_anything_is_written(tmp_path):
 
 def test_b_resumable_keys_may_change_and_num_steps_only_upward(tmp_path):
     workdir = str(tmp_path)
-    _write_config(workdir, _tiny())
+    _write_config(workdir, _tiny(), checkpoint_step=2)
     assert "train.num_steps" in RESUMABLE_KEYS
     check_config(_tiny(train__num_steps=12, train__log_every=3, train__eval_every=4), workdir)
     check_config(_tiny(train__checkpoint_every=1, train__keep_checkpoints=5), workdir)
@@ -82,6 +89,29 @@ def test_b_resumable_keys_may_change_and_num_steps_only_upward(tmp_path):
     allowed = _tiny(train__num_steps=3)
     allowed.train.allow_config_change = True
     check_config(allowed, workdir)
+
+
+def test_b_a_run_that_saved_no_checkpoint_does_not_bind_the_workdir(tmp_path, capsys):
+    """A run that stopped before its first checkpoint trained nothing to keep: another
+    config starts afresh there (one line says so), replacing config.json, and its metrics
+    start again from step 0; once that run has saved a checkpoint, the workdir is its."""
+    workdir = str(tmp_path / "run")
+    _write_config(workdir, _tiny(model__fusion="fusion_small"))
+    with open(os.path.join(workdir, "metrics.jsonl"), "w") as f:
+        f.write(json.dumps({"step": 2, "train/loss_seg": 9.0}) + "\n")
+    config = _tiny(train__num_steps=2, train__checkpoint_every=2, train__eval_every=2)
+    trainer.train_and_evaluate(config, workdir)
+    out = capsys.readouterr().out
+    notes = [line for line in out.splitlines() if "saved no checkpoint" in line]
+    assert len(notes) == 1 and "model.fusion 'fusion_small' in the workdir" in notes[0]
+    assert "starting afresh" in notes[0]
+    with open(os.path.join(workdir, "config.json")) as f:
+        assert json.load(f)["model"]["fusion"] == config.model.fusion
+    losses = [r["train/loss_seg"] for r in read_jsonl(os.path.join(workdir, "metrics.jsonl"))
+              if "train/loss_seg" in r]  # fmt: skip
+    assert losses and 9.0 not in losses
+    with pytest.raises(ConfigError, match="belongs to another config"):
+        check_config(_tiny(model__fusion="fusion_small"), workdir)
 
 
 # C. one trainer per workdir
