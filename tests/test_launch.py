@@ -13,6 +13,7 @@ import sys
 import nbformat
 import pytest
 import timeouts
+from test_packaging import _pins
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LAUNCH = os.path.join(ROOT, "launch")
@@ -26,16 +27,8 @@ NEW_SCRIPTS = ("local_processes.sh", "tpu_pod.sh", "slurm_gpu.sbatch")
 
 def _jax_pin(python: str) -> str:
     """The jax version requirements.txt pins for that Python (its environment markers)."""
-    from packaging.markers import Marker
-    from packaging.requirements import Requirement
-
-    with open(os.path.join(ROOT, "requirements.txt"), encoding="utf-8") as f:
-        lines = [line.split("#")[0].strip() for line in f]
-    pins = [Requirement(line) for line in lines if re.match(r"jax\s*[=;]", line)]
-    env = {"python_version": python, "python_full_version": f"{python}.0"}
-    chosen = [r for r in pins if r.marker is None or Marker(str(r.marker)).evaluate(env)]
-    assert len(chosen) == 1, f"requirements.txt pins jax {len(chosen)} times for Python {python}"
-    return str(chosen[0].specifier).removeprefix("==")
+    (version,) = _pins("requirements.txt", python)["jax"]
+    return version
 
 
 def _readme_section() -> str:

@@ -16,14 +16,18 @@ PROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
 COMMANDS = ("train", "evaluate", "predict", "score", "export", "ablate", "simulate")
 
 
-def _pins(path) -> dict[str, list[str]]:
+def _pins(path, python: str | None = None) -> dict[str, list[str]]:
     """Every exact version a requirements file pins, per package (one per environment
-    marker: jax has one for Python 3.11 and one for 3.12+)."""
+    marker: jax has one for Python 3.11 and one for 3.12+); with `python` ("3.12"), only
+    the pins whose marker holds for that Python."""
+    env = {"python_version": python, "python_full_version": f"{python}.0"} if python else None
     pins = {}
     for line in (ROOT / path).read_text().splitlines():
         line = line.split("#", 1)[0].strip()
         if line and not line.startswith("-r"):
             requirement = packaging_requirements.Requirement(line)
+            if env and requirement.marker is not None and not requirement.marker.evaluate(env):
+                continue
             (spec,) = requirement.specifier
             assert spec.operator == "==", f"{path}: {line} is not an exact pin"
             pins.setdefault(_normal(requirement.name), []).append(spec.version)
