@@ -16,7 +16,7 @@ def get_config():
     config.data.num_train_cases = 160
     config.data.num_eval_cases = 24
     config.data.slices_per_case = 8
-    config.train.num_steps = 1500
+    config.train.num_steps = 1000  # about 10 minutes of demo.sh on 2 CPU cores (README)
     config.train.batch_size = 16
     config.train.log_every = 50
     config.train.eval_every = 500
