@@ -40,10 +40,10 @@ their latest checkpoint.
 
 import copy
 import json
-import os
 
 import numpy as np
 
+from fuse4seg_jax import storage
 from fuse4seg_jax.metric_writer import read_jsonl
 from fuse4seg_jax.regions import REGION_NAMES
 
@@ -116,24 +116,20 @@ def planned_runs(config) -> list[tuple[str, str, str, dict]]:
 
 
 def _finished(run_dir, num_steps) -> bool:
-    path = os.path.join(run_dir, "results.json")
-    if not os.path.exists(path):
+    path = storage.join(run_dir, "results.json")
+    if not storage.exists(path):
         return False
-    with open(path) as f:
-        return json.load(f).get("train_steps") == num_steps
+    return json.loads(storage.read_text(path)).get("train_steps") == num_steps
 
 
 def _summarise(name, method, inner, run_dir) -> dict:
-    with open(os.path.join(run_dir, "results.json")) as f:
-        results = json.load(f)
-    rows = [r for r in read_jsonl(os.path.join(run_dir, "metrics.jsonl")) if "train/loss_seg" in r]
+    results = json.loads(storage.read_text(storage.join(run_dir, "results.json")))
+    metrics = read_jsonl(storage.join(run_dir, "metrics.jsonl"))
+    rows = [r for r in metrics if "train/loss_seg" in r]
     fusion = results.get("fusion_metrics") or {}
     rates = [r["train/steps_per_second"] for r in rows if r.get("train/steps_per_second")]
     memory = results.get("step_memory_bytes")
-    diagnostics = [
-        r for r in read_jsonl(os.path.join(run_dir, "metrics.jsonl"))
-        if "train/diag_hypergrad_cosine" in r
-    ]  # fmt: skip
+    diagnostics = [r for r in metrics if "train/diag_hypergrad_cosine" in r]
     reliable = [r for r in diagnostics if r.get("train/diag_reference_reliable", 1.0) > 0.5]
 
     def median(key, rows=reliable):
@@ -236,7 +232,7 @@ def run_ablation(config, workdir: str) -> list[dict]:
     summaries = []
     runs = run_configs(config)
     for i, (folder, method, inner, seed, run_config) in enumerate(runs, 1):
-        run_dir = os.path.join(workdir, folder)
+        run_dir = storage.join(workdir, folder)
         if _finished(run_dir, config.train.num_steps):
             log(f"== [{i}/{len(runs)}] {folder}: finished earlier, reading {run_dir}")
         else:
@@ -250,11 +246,11 @@ def run_ablation(config, workdir: str) -> list[dict]:
         reference = joint.get("fusion", next(iter(joint.values()), np.nan))
         for s in same:  # baselines: the default orientation's joint step
             s["step_vs_joint"] = s["step_ms"] / joint.get(s["inner"], reference)
-    atomic_files.write_csv(os.path.join(workdir, "results.csv"), summaries, COLUMNS)
+    atomic_files.write_csv(storage.join(workdir, "results.csv"), summaries, COLUMNS)
     summaries = aggregate(summaries)
     table = markdown_table(summaries)
-    atomic_files.write_text(os.path.join(workdir, "results.md"), table + "\n")
-    _plot_curves(os.path.join(workdir, "curves.png"), summaries)
+    atomic_files.write_text(storage.join(workdir, "results.md"), table + "\n")
+    _plot_curves(storage.join(workdir, "curves.png"), summaries)
     log(table)
     return summaries
 
