@@ -26,4 +26,5 @@ def get_config():
     config.ablation.inners = ("fusion",)
     config.ablation.seeds = (0, 1, 2)  # every run once per seed; tables show mean ± sd
     config.ablation.baselines = ()  # e.g. ("two_stage", "classical:laplacian"); see compare.py
+    config.ablation.volume_protocol = True  # + whole held-out cases scored (evaluate)
     return config

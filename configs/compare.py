@@ -39,6 +39,7 @@ def get_config():
     config.ablation.methods = ("unrolled", "joint")
     config.ablation.inners = ("fusion",)
     config.ablation.seeds = (0, 1, 2)  # every run once per seed; tables show mean ± sd
+    config.ablation.volume_protocol = True  # + whole held-out cases scored (evaluate)
     config.ablation.baselines = (
         "task_only",
         "two_stage",

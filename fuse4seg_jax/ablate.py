@@ -20,7 +20,10 @@ run of a seed sees the same data). With one seed a run's folder is
 - `results.csv` (one row per run and seed) and `results.md` (one row per run: the
   mean ± standard deviation over the seeds, ddof 0, and the number of seeds): held-out
   Dice per region (per
-  3D case, mean over cases), the fusion metrics of its held-out fused images
+  3D case, mean over cases), with `ablation.volume_protocol` the volume protocol's
+  voxel-wise Dice per region, HD95 of the whole tumour and lesion-wise Dice per region
+  (`volume_scores`: evaluate's numbers, read from or written to
+  `<run>/eval-<split>/`), the fusion metrics of its held-out fused images
   (`mmif` convention, mean over images; none for feature-level baselines),
   median step time (ms; compilation and diagnostics excluded) and its ratio to
   `joint`, the compiled step's memory (XLA's estimate per device), the median over
@@ -52,12 +55,20 @@ from fuse4seg_jax.regions import REGION_NAMES
 # (cli.default_cpu_devices), so it must not import JAX at module level.
 
 FUSION_COLUMNS = ("EN", "SD", "SF", "AG", "MI", "SCD", "VIF", "Qabf", "SSIM")
+# ablation.volume_protocol: evaluate's volume protocol of each run's final checkpoint
+# (`vol_`: voxel-wise, `lw_`: BraTS 2023 lesion-wise), {column: evaluation summary key}
+VOLUME_COLUMNS = {
+    **{f"vol_dice_{r}": f"dice_{r}" for r in REGION_NAMES},
+    "vol_hd95_wt": "hd95_wt",
+    **{f"lw_dice_{r}": f"lw_dice_{r}" for r in REGION_NAMES},
+}
 COLUMNS = [
     "run",
     "method",
     "inner",
     "seed",
     *[f"dice_{r}" for r in REGION_NAMES],
+    *VOLUME_COLUMNS,
     *FUSION_COLUMNS,
     "loss_seg",
     "loss_fuse",
@@ -120,6 +131,28 @@ def _finished(run_dir, num_steps) -> bool:
     if not storage.exists(path):
         return False
     return json.loads(storage.read_text(path)).get("train_steps") == num_steps
+
+
+def volume_scores(run_config, run_dir) -> dict:
+    """VOLUME_COLUMNS of the run's latest checkpoint under evaluate's volume protocol on its
+    held-out split: read from `<run_dir>/eval-<split>/evaluation.json` when that folder
+    evaluated this checkpoint with that protocol, else evaluated now into that folder (what
+    `python -m fuse4seg_jax.evaluate --workdir <run_dir>` writes)."""
+    from fuse4seg_jax import checkpointing, evaluation
+
+    split = run_config.data.eval_split
+    out = storage.join(run_dir, f"eval-{split}")
+    record_path = storage.join(out, "evaluation.json")
+    latest = checkpointing.available_steps(run_dir)[-1]
+    record = json.loads(storage.read_text(record_path)) if storage.isfile(record_path) else {}
+    wanted = {"checkpoint_step": latest, "split": split, "protocol": "volume"}
+    if all(record.get(k) == v for k, v in wanted.items()):
+        means = record["means"]
+    else:
+        means = evaluation.evaluate(
+            run_config, out, workdir=run_dir, split=split, protocol="volume", overwrite=True
+        )
+    return {column: means.get(key, float("nan")) for column, key in VOLUME_COLUMNS.items()}
 
 
 def _summarise(name, method, inner, run_dir) -> dict:
@@ -239,7 +272,10 @@ def run_ablation(config, workdir: str) -> list[dict]:
             log(f"== [{i}/{len(runs)}] {folder}: training in {run_dir}")
             trainer.train_and_evaluate(run_config, run_dir)
         name = folder.removesuffix(f"-seed{seed}")
-        summaries.append(_summarise(name, method, inner, run_dir) | {"seed": seed})
+        summary = _summarise(name, method, inner, run_dir) | {"seed": seed}
+        if config.ablation.get("volume_protocol", False):
+            summary |= volume_scores(run_config, run_dir)
+        summaries.append(summary)
     for seed in seeds(config):  # each is compared with the same seed's joint step
         same = [s for s in summaries if s["seed"] == seed]
         joint = {s["inner"]: s["step_ms"] for s in same if s["method"] == "joint"}
@@ -271,6 +307,9 @@ def markdown_table(summaries) -> str:
         ("run", "run", None),
         ("seeds", "seeds", ".0f"),
         *[(f"Dice {r.upper()}", f"dice_{r}", ".3f") for r in REGION_NAMES],
+        *[(f"volume Dice {r.upper()}", f"vol_dice_{r}", ".3f") for r in REGION_NAMES],
+        ("volume HD95 WT (mm)", "vol_hd95_wt", ".1f"),
+        *[(f"lesion-wise Dice {r.upper()}", f"lw_dice_{r}", ".3f") for r in REGION_NAMES],
         *[(k, k, ".3f") for k in FUSION_COLUMNS],
         ("loss_seg", "loss_seg", ".4f"),
         ("loss_fuse", "loss_fuse", ".4f"),

@@ -11,8 +11,10 @@ Two protocols (`PROTOCOLS`), named on every table and row they produce:
   plus the fusion metrics of each fused image (metrics/fusion.py).
 Owns loading a split (`load_split`), predicting it with a checkpoint of the run or a
 classical fuser, the metric rows, and writing an evaluation folder atomically:
-metrics.csv, summary.md (mean ± sd tables) and the figures (figures.save_evaluation_
-figures). What each file holds is described in evaluate.py, the command.
+metrics.csv, summary.md (mean ± sd tables), evaluation.json (what was evaluated: the
+checkpoint step, split, protocol, and the means of summary.md, for programs such as
+ablate) and the figures (figures.save_evaluation_figures). What each file holds is
+described in evaluate.py, the command.
 """
 
 import os
@@ -76,6 +78,8 @@ def _source(workdir, step, classical) -> str:
 
 
 def _check_arguments(config, out, workdir, classical, protocol, step, overwrite):
+    """Raises on a bad combination; returns the step of the checkpoint that will be
+    evaluated (None for a classical fusion)."""
     if (workdir is None) == (classical is None):
         raise ValueError("give exactly one of --workdir (a trained run) or --classical")
     if protocol not in PROTOCOLS:
@@ -99,6 +103,8 @@ def _check_arguments(config, out, workdir, classical, protocol, step, overwrite)
             raise FileNotFoundError(f"{storage.absolute(workdir)}: no checkpoint found in {folder}")
         if step not in (None, "best") and int(step) not in found:
             raise FileNotFoundError(f"{folder}: no checkpoint of step {step} (found {found})")
+        return found[-1] if step in (None, "best") else int(step)
+    return None
 
 
 def evaluate(config, out: str, *, workdir=None, classical=None, split=None, protocol=None,
@@ -115,13 +121,20 @@ def evaluate(config, out: str, *, workdir=None, classical=None, split=None, prot
     split = split or config.data.eval_split
     protocol = protocol or default_protocol(config, classical)
     out = storage.absolute(out)
-    _check_arguments(config, out, workdir, classical, protocol, step, overwrite)
+    checkpoint_step = _check_arguments(config, out, workdir, classical, protocol, step, overwrite)
     source = _source(workdir, step, classical)
     if protocol == "volume":
         result = _volume_protocol(config, split, workdir, step)
     else:
         result = _slice_protocol(config, split, workdir, step, classical, convention)
     rows, tables, examples, outputs, case_rows = result
+    summary = {}
+    for _, table_rows, keys in tables[::-1]:  # the first table's means win
+        summary |= {k: float(np.nanmean([r[k] for r in table_rows])) for k in keys}
+    record = {
+        "source": source, "checkpoint_step": checkpoint_step, "dataset": config.data.name,
+        "split": split, "protocol": protocol, "cases": len(case_rows), "means": summary,
+    }  # fmt: skip
     with atomic_files.atomic_dir(out) as tmp:
         atomic_files.write_csv(os.path.join(tmp, "metrics.csv"), rows)
         lines = [f"# Evaluation: {source}", "", f"Dataset {config.data.name}, split {split}.", ""]
@@ -130,11 +143,9 @@ def evaluate(config, out: str, *, workdir=None, classical=None, split=None, prot
         if protocol == "volume":
             lines += ["Fusion metrics are per 2D image: run `--protocol slices` for them.", ""]
         atomic_files.write_text(os.path.join(tmp, "summary.md"), "\n".join(lines))
+        atomic_files.write_json(os.path.join(tmp, "evaluation.json"), record)
         figures.save_evaluation_figures(tmp, config, examples, outputs, case_rows,
                                         num_figure_cases)  # fmt: skip
-    summary = {}
-    for _, table_rows, keys in tables[::-1]:  # the first table's means win
-        summary |= {k: float(np.nanmean([r[k] for r in table_rows])) for k in keys}
     for prefix, what in (("dice", "Dice"), ("hd95", "HD95 (mm)"), ("lw_dice", "lesion-wise Dice")):
         if f"{prefix}_wt" in summary:
             means = " ".join(

@@ -1,6 +1,7 @@
 """The ablation runner: one table, CSV and curves from one call; reruns resume."""
 
 import csv
+import json
 import os
 
 import pytest
@@ -52,16 +53,30 @@ def test_ablation_writes_table_csv_and_curves_and_resumes(tmp_path):
     assert float(rows[1]["implicit_fraction"]) >= 0 and rows[2]["diagnostics"] == "nan"
     assert float(rows[1]["train_implicit_fraction"]) > 1e-3  # the default coupling acts
     assert rows[0]["train_implicit_fraction"] == "nan"  # joint has no implicit term
+    # the volume protocol (ablation.volume_protocol): evaluate's numbers of the final checkpoint
+    for run, row in zip(runs, rows, strict=True):
+        record = json.loads((work / run / "eval-validation" / "evaluation.json").read_text())
+        assert (record["checkpoint_step"], record["protocol"], record["cases"]) == (4, "volume", 2)
+        for column, key in ablate.VOLUME_COLUMNS.items():
+            assert float(row[column]) == pytest.approx(record["means"][key])
+        assert 0.0 <= float(row["vol_dice_wt"]) <= 1.0 and float(row["vol_hd95_wt"]) >= 0.0
     table = (work / "results.md").read_text()
     assert table.count("\n") == 6 and "| unrolled-fusion |" in table and "| early_fusion |" in table
-    assert all(line.count("|") == 28 for line in table.splitlines())  # 27 columns
+    assert all(line.count("|") == 35 for line in table.splitlines())  # 34 columns
+    assert "| volume Dice WT | volume Dice TC | volume Dice ET | volume HD95 WT (mm) |" in table
     assert (work / "curves.png").read_bytes()[:4] == b"\x89PNG"
-    # a rerun reads the finished runs back instead of training them again
+    # a rerun reads the finished runs and their evaluations back instead of redoing them
     metrics = work / "joint-fusion" / "metrics.jsonl"
-    before = os.stat(metrics).st_mtime_ns
+    evaluated = work / "joint-fusion" / "eval-validation" / "evaluation.json"
+    before = os.stat(metrics).st_mtime_ns, os.stat(evaluated).st_mtime_ns
+    stale = work / "early_fusion" / "eval-validation" / "evaluation.json"
+    record = json.loads(stale.read_text())
+    stale.write_text(json.dumps(record | {"checkpoint_step": 2, "means": {}}))  # another step
     again = ablate.run_ablation(config, str(work))
-    assert os.stat(metrics).st_mtime_ns == before
+    assert (os.stat(metrics).st_mtime_ns, os.stat(evaluated).st_mtime_ns) == before
     assert [s["dice_et"] for s in again] == [s["dice_et"] for s in summaries]
+    assert [s["vol_dice_et"] for s in again] == pytest.approx([s["vol_dice_et"] for s in summaries])
+    assert json.loads(stale.read_text())["checkpoint_step"] == 4  # evaluated again
 
 
 def test_every_run_is_planned_once_per_seed(tmp_path):

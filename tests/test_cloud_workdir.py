@@ -136,10 +136,11 @@ def test_config_geometry_and_the_lock_on_a_cloud_workdir(bucket, capsys, monkeyp
 
 def test_an_ablation_on_a_cloud_workdir_writes_its_table_there_and_resumes(bucket, monkeypatch):
     """Every run's folder, the table, the CSV and the curves are on the bucket, and a rerun
-    reads the finished runs back from it. The trainer is a stand-in writing what a
-    finished run leaves (Orbax cannot use this in-memory bucket)."""
+    reads the finished runs back from it, their volume scores too. The trainer is a
+    stand-in writing what a finished and evaluated run leaves, and the checkpoint list is
+    pretended (Orbax cannot use this in-memory bucket)."""
     from configs import ablation
-    from fuse4seg_jax import ablate, trainer
+    from fuse4seg_jax import ablate, checkpointing, evaluation, trainer
     from fuse4seg_jax.regions import REGION_NAMES
 
     trained = []
@@ -156,8 +157,16 @@ def test_an_ablation_on_a_cloud_workdir_writes_its_table_there_and_resumes(bucke
         atomic_files.write_text(
             f"{run_dir}/metrics.jsonl", "".join(json.dumps(r) + "\n" for r in rows)
         )
+        record = {"checkpoint_step": steps, "split": "validation", "protocol": "volume",
+                  "means": {"dice_wt": 0.25, "hd95_wt": 7.0}}  # fmt: skip
+        atomic_files.write_json(f"{run_dir}/eval-validation/evaluation.json", record)
+
+    def no_evaluation(*args, **kwargs):
+        raise AssertionError("the volume scores are on the bucket: nothing to evaluate")
 
     monkeypatch.setattr(trainer, "train_and_evaluate", fake_train)
+    monkeypatch.setattr(checkpointing, "available_steps", lambda run_dir: [1, 3])
+    monkeypatch.setattr(evaluation, "evaluate", no_evaluation)
     config = ablation.get_config()
     config.train.num_steps = 3
     config.ablation.methods = ("joint",)
@@ -167,6 +176,8 @@ def test_an_ablation_on_a_cloud_workdir_writes_its_table_there_and_resumes(bucke
     assert trained == [f"{work}/joint-fusion-seed0", f"{work}/joint-fusion-seed1"]
     (row,) = summaries
     assert row["dice_wt"] == pytest.approx(0.55) and row["step_ms"] == pytest.approx(250.0)
+    assert (row["vol_dice_wt"], row["vol_hd95_wt"]) == (0.25, 7.0)  # read from the bucket
+    assert np.isnan(row["vol_dice_et"])  # a metric the record does not have
     assert "| joint-fusion | 2 |" in storage.read_text(f"{work}/results.md")
     assert len(storage.read_text(f"{work}/results.csv").splitlines()) == 3  # header + 2 seeds
     assert storage.epath(f"{work}/curves.png").read_bytes()[:4] == b"\x89PNG"

@@ -229,6 +229,9 @@ def test_volume_protocol_equals_a_direct_computation(trained, tmp_path):
                 _oracle_hd95(p, t, np.asarray(spacing, np.float64)), abs=1e-4
             )
     assert summary["dice_wt"] == pytest.approx(np.mean([float(r["dice_wt"]) for r in rows]))
+    record = json.loads((out / "evaluation.json").read_text())
+    assert (record["checkpoint_step"], record["split"], record["cases"]) == (4, "validation", 2)
+    assert record["protocol"] == "volume" and record["means"] == pytest.approx(summary)
     text = (out / "summary.md").read_text()
     assert "Volume protocol: whole 3D cases" in text and "lesion-wise (BraTS 2023)" in text
     assert "| lw_dice_wt |" in text and (out / "cases.png").read_bytes()[:4] == b"\x89PNG"
@@ -245,6 +248,8 @@ def test_evaluate_picks_a_checkpoint_by_step(trained, tmp_path):
         again = evaluation.evaluate(config, str(tmp_path / f"s{step}"), workdir=str(workdir),
                                     protocol="slices", step=step)  # fmt: skip
         assert again == pytest.approx(latest)
+        record = json.loads((tmp_path / f"s{step}" / "evaluation.json").read_text())
+        assert (record["checkpoint_step"], record["protocol"]) == (4, "slices")
         assert (
             f"{'best' if step == 'best' else 'checkpoint 4'}"
             in (tmp_path / f"s{step}" / "summary.md").read_text()
