@@ -36,7 +36,9 @@ run of a seed sees the same data). With one seed a run's folder is
   implicit parts (estimate - F_x) and the implicit fraction |estimate - F_x| /
   |estimate| of the method and of the reference, the median residual of all
   references, and how many diagnostics were reliable out of how many;
-- `curves.png`: training curves (segmentation and fusion loss) of every run.
+- `curves.png`: training curves (segmentation and fusion loss) of every run;
+- `dice.png`: held-out Dice per run and region (mean ± sd over the seeds), on the
+  selected slices and, with the volume protocol, on whole cases.
 Rerunning resumes: finished runs are read back, unfinished ones continue from
 their latest checkpoint.
 """
@@ -259,7 +261,7 @@ def aggregate(summaries) -> list[dict]:
 
 def run_ablation(config, workdir: str) -> list[dict]:
     """Trains (or resumes, or reads back) every run; writes the table and the curves."""
-    from fuse4seg_jax import atomic_files, trainer  # after the device set-up (see above)
+    from fuse4seg_jax import ablation_figures, atomic_files, trainer  # after the device set-up
     from fuse4seg_jax.metric_writer import log
 
     summaries = []
@@ -286,7 +288,8 @@ def run_ablation(config, workdir: str) -> list[dict]:
     summaries = aggregate(summaries)
     table = markdown_table(summaries)
     atomic_files.write_text(storage.join(workdir, "results.md"), table + "\n")
-    _plot_curves(storage.join(workdir, "curves.png"), summaries)
+    ablation_figures.plot_curves(storage.join(workdir, "curves.png"), summaries)
+    ablation_figures.plot_dice(storage.join(workdir, "dice.png"), summaries)
     log(table)
     return summaries
 
@@ -332,27 +335,6 @@ def markdown_table(summaries) -> str:
                  for _, key, fmt in columns]  # fmt: skip
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
-
-
-def _plot_curves(path, summaries):
-    from matplotlib.figure import Figure
-
-    from fuse4seg_jax import figures
-
-    fig = Figure(figsize=(10, 3.8))
-    axes = fig.subplots(1, 2)
-    for s in summaries:
-        steps, seg, fuse = zip(*s["curve"], strict=True)
-        axes[0].plot(steps, seg, label=s["run"])
-        axes[1].plot(steps, fuse, label=s["run"])
-    for ax, title in zip(axes, ("train/loss_seg", "train/loss_fuse"), strict=True):
-        ax.set_title(title)
-        ax.set_xlabel("step")
-        ax.set_yscale("log")
-        ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=8)
-    fig.tight_layout()
-    figures.save_png(fig, path)
 
 
 def main():

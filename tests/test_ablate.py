@@ -5,6 +5,7 @@ import json
 import os
 
 import pytest
+from PIL import Image
 
 from configs import ablation
 from fuse4seg_jax import ablate
@@ -65,6 +66,8 @@ def test_ablation_writes_table_csv_and_curves_and_resumes(tmp_path):
     assert all(line.count("|") == 35 for line in table.splitlines())  # 34 columns
     assert "| volume Dice WT | volume Dice TC | volume Dice ET | volume HD95 WT (mm) |" in table
     assert (work / "curves.png").read_bytes()[:4] == b"\x89PNG"
+    with Image.open(work / "dice.png") as dice:  # two panels: slices and whole cases
+        assert dice.format == "PNG" and dice.height == round(2 * 3.2 * 110)
     # a rerun reads the finished runs and their evaluations back instead of redoing them
     metrics = work / "joint-fusion" / "metrics.jsonl"
     evaluated = work / "joint-fusion" / "eval-validation" / "evaluation.json"

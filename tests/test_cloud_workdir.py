@@ -180,7 +180,8 @@ def test_an_ablation_on_a_cloud_workdir_writes_its_table_there_and_resumes(bucke
     assert np.isnan(row["vol_dice_et"])  # a metric the record does not have
     assert "| joint-fusion | 2 |" in storage.read_text(f"{work}/results.md")
     assert len(storage.read_text(f"{work}/results.csv").splitlines()) == 3  # header + 2 seeds
-    assert storage.epath(f"{work}/curves.png").read_bytes()[:4] == b"\x89PNG"
+    for figure in ("curves.png", "dice.png"):
+        assert storage.epath(f"{work}/{figure}").read_bytes()[:4] == b"\x89PNG"
 
     trained.clear()  # a rerun trains nothing: both runs are read back from the bucket
     assert ablate.run_ablation(config, work)[0]["dice_wt"] == pytest.approx(0.55)
