@@ -145,7 +145,8 @@ def volume_scores(run_config, run_dir) -> dict:
     split = run_config.data.eval_split
     out = storage.join(run_dir, f"eval-{split}")
     record_path = storage.join(out, "evaluation.json")
-    latest = checkpointing.available_steps(run_dir)[-1]
+    steps = checkpointing.available_steps(run_dir)  # none: evaluate says so in one line
+    latest = steps[-1] if steps else None
     record = json.loads(storage.read_text(record_path)) if storage.isfile(record_path) else {}
     wanted = {"checkpoint_step": latest, "split": split, "protocol": "volume"}
     if all(record.get(k) == v for k, v in wanted.items()):
@@ -261,11 +262,20 @@ def aggregate(summaries) -> list[dict]:
 
 def run_ablation(config, workdir: str) -> list[dict]:
     """Trains (or resumes, or reads back) every run; writes the table and the curves."""
-    from fuse4seg_jax import ablation_figures, atomic_files, trainer  # after the device set-up
+    import jax  # after the device set-up (see above), as the project's modules
+
+    from fuse4seg_jax import ablation_figures, atomic_files, trainer
     from fuse4seg_jax.metric_writer import log
 
     summaries = []
     runs = run_configs(config)
+    volume = config.ablation.get("volume_protocol", False)
+    if volume and jax.process_count() > 1:
+        log(
+            "ablation.volume_protocol: skipped with several processes (evaluation runs "
+            "in one); score each run by python -m fuse4seg_jax.evaluate --workdir <run>"
+        )
+        volume = False
     for i, (folder, method, inner, seed, run_config) in enumerate(runs, 1):
         run_dir = storage.join(workdir, folder)
         if _finished(run_dir, config.train.num_steps):
@@ -275,7 +285,7 @@ def run_ablation(config, workdir: str) -> list[dict]:
             trainer.train_and_evaluate(run_config, run_dir)
         name = folder.removesuffix(f"-seed{seed}")
         summary = _summarise(name, method, inner, run_dir) | {"seed": seed}
-        if config.ablation.get("volume_protocol", False):
+        if volume:
             summary |= volume_scores(run_config, run_dir)
         summaries.append(summary)
     for seed in seeds(config):  # each is compared with the same seed's joint step

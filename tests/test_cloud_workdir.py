@@ -134,7 +134,9 @@ def test_config_geometry_and_the_lock_on_a_cloud_workdir(bucket, capsys, monkeyp
     assert run_geometry.read(run)["spacing_mm"] == [1.0, 1.0, 2.0]
 
 
-def test_an_ablation_on_a_cloud_workdir_writes_its_table_there_and_resumes(bucket, monkeypatch):
+def test_an_ablation_on_a_cloud_workdir_writes_its_table_there_and_resumes(
+    bucket, monkeypatch, capsys
+):
     """Every run's folder, the table, the CSV and the curves are on the bucket, and a rerun
     reads the finished runs back from it, their volume scores too. The trainer is a
     stand-in writing what a finished and evaluated run leaves, and the checkpoint list is
@@ -186,3 +188,9 @@ def test_an_ablation_on_a_cloud_workdir_writes_its_table_there_and_resumes(bucke
     trained.clear()  # a rerun trains nothing: both runs are read back from the bucket
     assert ablate.run_ablation(config, work)[0]["dice_wt"] == pytest.approx(0.55)
     assert trained == []
+
+    import jax  # with several processes the volume protocol is left to `evaluate`
+
+    monkeypatch.setattr(jax, "process_count", lambda: 2)
+    assert np.isnan(ablate.run_ablation(config, work)[0]["vol_dice_wt"])
+    assert "volume_protocol: skipped with several processes" in capsys.readouterr().out
