@@ -11,24 +11,36 @@ from fuse4seg_jax import figures
 from fuse4seg_jax.regions import REGION_NAMES
 
 _REGION_COLOURS = {"wt": "tab:green", "tc": "tab:red", "et": "gold"}
+_LINE_STYLES = ("-", "--", ":", "-.")
+
+
+def run_style(index):
+    """(colour, line style) of the index-th run's curve: the ten colours of tab10, then
+    the same colours dashed, dotted and dash-dotted, so up to 40 runs stay distinct (the
+    comparison has 11)."""
+    return f"C{index % 10}", _LINE_STYLES[(index // 10) % len(_LINE_STYLES)]
 
 
 def plot_curves(path, rows):
-    """train/loss_seg and train/loss_fuse against the step, one line per run (its first seed)."""
-    fig = Figure(figsize=(10, 3.8))
+    """train/loss_seg and train/loss_fuse against the step, one line per run (its first
+    seed), each run in its own colour and line style, the legend beside the panels.
+    Returns the figure (written to `path`)."""
+    fig = Figure(figsize=(12, 3.8))
     axes = fig.subplots(1, 2)
-    for row in rows:
+    for index, row in enumerate(rows):
         steps, seg, fuse = zip(*row["curve"], strict=True)
-        axes[0].plot(steps, seg, label=row["run"])
-        axes[1].plot(steps, fuse, label=row["run"])
+        colour, style = run_style(index)
+        for ax, values in zip(axes, (seg, fuse), strict=True):
+            ax.plot(steps, values, color=colour, linestyle=style, label=row["run"])
     for ax, title in zip(axes, ("train/loss_seg", "train/loss_fuse"), strict=True):
         ax.set_title(title)
         ax.set_xlabel("step")
         ax.set_yscale("log")
         ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=8)
+    axes[1].legend(fontsize=8, loc="center left", bbox_to_anchor=(1.02, 0.5))
     fig.tight_layout()
     figures.save_png(fig, path)
+    return fig
 
 
 def plot_dice(path, rows):

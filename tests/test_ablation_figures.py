@@ -33,9 +33,13 @@ def test_dice_bars_get_a_whole_case_panel_only_when_the_rows_have_volume_scores(
     assert green.sum() > 1000
 
 
-def test_loss_curves_are_drawn_for_every_run(tmp_path):
+def test_loss_curves_are_drawn_for_every_run_each_in_its_own_style(tmp_path):
     path = tmp_path / "curves.png"
-    ablation_figures.plot_curves(
-        str(path), [_row("a", (0.9, 0.8, 0.7)), _row("b", (0.9, 0.8, 0.7))]
-    )
+    rows = [_row(f"run{i}", (0.9, 0.8, 0.7)) for i in range(12)]  # the comparison has 11
+    fig = ablation_figures.plot_curves(str(path), rows)
     assert path.read_bytes()[:4] == b"\x89PNG" and not list(tmp_path.glob("*.tmp*"))
+    for ax in fig.axes:
+        styles = {(line.get_color(), line.get_linestyle()) for line in ax.get_lines()}
+        assert len(styles) == len(rows)  # tab10 alone repeats from the eleventh run
+    legend = fig.axes[1].get_legend()
+    assert [text.get_text() for text in legend.get_texts()] == [row["run"] for row in rows]
